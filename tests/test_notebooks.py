@@ -1,0 +1,68 @@
+"""Every notebook, top to bottom, through the runner and papermill, on the smoke profile."""
+
+import json
+
+import pytest
+
+from nlu_helpers import runner
+from nlu_helpers.results import load_results
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    return runner.run("smoke", run_dir=tmp_path_factory.mktemp("run"), progress=False)
+
+
+def test_every_notebook_runs_on_the_smoke_profile(smoke_run):
+    status = json.loads((smoke_run / "run.json").read_text())
+    expected = [p.stem for p in runner.notebook_paths()]
+    assert list(status["notebooks"]) == expected
+    assert all(entry["status"] == "done" for entry in status["notebooks"].values()), status
+    assert (smoke_run / "report.md").exists()
+
+
+def test_notebooks_write_results_files(smoke_run):
+    records = load_results(smoke_run)
+    stages = {r.get("stage") for r in records}
+    assert {"prompt-design", "zero-shot", "few-shot"} <= stages
+    evaluations = [r for r in records if r.get("stage") in ("zero-shot", "few-shot")]
+    assert {r["mode"] for r in evaluations} == {"generate", "score"}
+    assert all(r["profile"] == "smoke" and r["n"] > 0 for r in evaluations)
+
+
+def test_a_failing_notebook_is_named_and_resume_continues(tmp_path):
+    import nbformat
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for number, source in (("01", "x = 1"), ("02", "raise ValueError('broken on purpose')"), ("03", "y = 2")):
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        params = nbformat.v4.new_code_cell("output_dir = '.'\nprofile = 'x'")
+        params.metadata["tags"] = ["parameters"]
+        nb.cells = [params, nbformat.v4.new_code_cell(source)]
+        nbformat.write(nb, folder / f"{number}_step.ipynb")
+    run_dir = tmp_path / "run"
+    with pytest.raises(runner.RunFailed, match=r"02_step.ipynb failed in cell .*ValueError: broken on purpose"):
+        runner.run("smoke", run_dir=run_dir, notebooks_folder=folder, progress=False)
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["notebooks"]["01_step"]["status"] == "done"
+    assert status["notebooks"]["02_step"]["status"] == "failed"
+    nb = nbformat.read(folder / "02_step.ipynb", as_version=4)
+    nb.cells[1].source = "z = 3"
+    nbformat.write(nb, folder / "02_step.ipynb")
+    runner.run("smoke", resume=run_dir, notebooks_folder=folder, progress=False)
+    status = json.loads((run_dir / "run.json").read_text())
+    assert [e["status"] for e in status["notebooks"].values()] == ["done", "done", "done"]
+
+
+def test_profiles_and_selection_errors_name_the_allowed_values():
+    assert {"smoke", "cpu-demo", "colab-t4", "paper"} <= set(runner.profiles())
+    with pytest.raises(ValueError, match="unknown profile 'fast'.*cpu-demo"):
+        runner.load_profile("fast")
+    with pytest.raises(ValueError, match="no notebook '09'"):
+        runner.select(runner.notebook_paths(), ["09"], None)
+    assert runner.parse_overrides(["eval_limit=20", "tasks=[sst2, rte]", "adapter=null"]) == {
+        "eval_limit": 20, "tasks": ["sst2", "rte"], "adapter": None}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        runner.parse_overrides(["eval_limit"])
