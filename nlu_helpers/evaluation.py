@@ -187,7 +187,9 @@ def score_continuations(
         mask = inputs["attention_mask"]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         try:
-            out = model(**inputs, position_ids=positions, use_cache=not single_token)
+            # logits only at the last prompt position: the LM head over every position would cost
+            # 2 * hidden * vocab FLOPs per token for nothing
+            out = model(**inputs, position_ids=positions, use_cache=not single_token, logits_to_keep=1)
             first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, vocab]
             batch_scores = torch.stack([first[:, c[0]] for c in conts], dim=1)  # [B, C]
             if not single_token:
@@ -244,7 +246,7 @@ def _continuations(task: Task) -> list[str]:
     return [f" {word}" for word in task.answer_words]
 
 
-def _content_free_prompts(task: Task, template_row: Mapping, shots: Sequence[Mapping]) -> list[str]:
+def _content_free_prompts(task: Task, template_row: Mapping, shots: Sequence[Mapping], answer_format: str) -> list[str]:
     """Prompts whose instance carries no content: the model's answer to them is pure bias."""
     prompts = []
     for blank in CONTENT_FREE:
@@ -258,7 +260,7 @@ def _content_free_prompts(task: Task, template_row: Mapping, shots: Sequence[Map
             except (ValueError, KeyError):  # e.g. COPA's "cause"/"effect" must stay
                 continue
             row = trial
-        prompts.append(task.build_prompt(row, shots))
+        prompts.append(task.build_prompt(row, shots, answer_format))
     return prompts
 
 
@@ -335,6 +337,7 @@ def evaluate(
     *,
     mode: Mode = "generate",
     shots: Sequence[Mapping] = (),
+    answer_format: str = "options",
     batch_size: int = 16,
     max_new_tokens: int = 8,
     strict: bool = False,
@@ -371,7 +374,7 @@ def evaluate(
     units = _unit_rows(task, rows)
     for row in units:
         task.check_label(row)
-    prompts = [task.build_prompt(row, shots) for row in units]
+    prompts = [task.build_prompt(row, shots, answer_format) for row in units]
 
     start = time.perf_counter()
     texts: list[str | None] = [None] * len(units)
@@ -385,7 +388,7 @@ def evaluate(
     else:
         scores = score_continuations(model, tokenizer, prompts, _continuations(task), batch_size=batch_size, progress=progress)
         if calibrate:
-            cf = score_continuations(model, tokenizer, _content_free_prompts(task, units[0], shots),
+            cf = score_continuations(model, tokenizer, _content_free_prompts(task, units[0], shots, answer_format),
                                      _continuations(task), batch_size=batch_size, progress=False)
             bias = torch.softmax(cf, dim=-1).mean(0)  # [C]
             scores = torch.log_softmax(scores, dim=-1) - torch.log(bias)
@@ -406,7 +409,7 @@ def evaluate(
         ]
         filled = metrics_lib.compute(task, fill, references, groups=groups)
     settings = dict(
-        batch_size=batch_size, max_new_tokens=max_new_tokens, strict=strict, do_sample=do_sample,
+        answer_format=answer_format, batch_size=batch_size, max_new_tokens=max_new_tokens, strict=strict, do_sample=do_sample,
         temperature=temperature, seed=seed, n_bootstrap=n_bootstrap, random_fill=random_fill,
         versions=library_versions(),
     )

@@ -28,17 +28,34 @@ SHOTS_INTRO = "Here are some solved examples."
 SHOTS_OUTRO = "Now the case to judge."
 
 
-def answer_format_line(task: "Task") -> str:
-    """The line that tells the model the only accepted answer format."""
+def answer_format_line(task: "Task", style: str = "options") -> str:
+    """The line that tells the model the only accepted answer format.
+
+    ``"options"`` (the default) spells out every complete answer, e.g. ``<Judgement>
+    Negative </Judgement> or <Judgement> Positive </Judgement>``. ``"placeholder"``
+    writes ``<Judgement> X </Judgement>, where X is one of: ...``; small models copy the
+    "X" literally (notebook 01 measures the difference).
+    """
+    if style not in ANSWER_FORMATS:
+        raise ValueError(f"answer format {style!r} is not known; allowed: {', '.join(ANSWER_FORMATS)}")
     if task.kind == "regression":
-        choice = "a number from 0 (unrelated meaning) to 5 (same meaning)"
-    else:
-        words = task.answer_words
-        choice = "one of: " + ", ".join(words)
+        if style == "options":
+            return (f"Reply first with a similarity score from 0 (unrelated) to 5 (same meaning), "
+                    f"written as {JUDGEMENT_OPEN} 2.5 {JUDGEMENT_CLOSE} for a score of 2.5.")
+        return (f"Give your answer as {JUDGEMENT_OPEN} X {JUDGEMENT_CLOSE}, where X is a number from 0 "
+                "(unrelated meaning) to 5 (same meaning). Write the answer first.")
+    words = task.answer_words
+    if style == "options":
+        answers = [f"{JUDGEMENT_OPEN} {w} {JUDGEMENT_CLOSE}" for w in words]
+        listed = answers[0] if len(answers) == 1 else ", ".join(answers[:-1]) + " or " + answers[-1]
+        return f"Reply first with one of these answers: {listed}."
     return (
-        f"Give your answer as {JUDGEMENT_OPEN} X {JUDGEMENT_CLOSE}, where X is {choice}. "
+        f"Give your answer as {JUDGEMENT_OPEN} X {JUDGEMENT_CLOSE}, where X is one of: {', '.join(words)}. "
         "Write the answer first."
     )
+
+
+ANSWER_FORMATS = ("options", "placeholder")
 
 
 def answer_text(task: "Task", label: int | float) -> str:
@@ -54,9 +71,9 @@ def answer_text(task: "Task", label: int | float) -> str:
     return f" {words[label]} {JUDGEMENT_CLOSE}"
 
 
-def build_prompt(task: "Task", example: Mapping, shots: Sequence[Mapping] = ()) -> str:
+def build_prompt(task: "Task", example: Mapping, shots: Sequence[Mapping] = (), answer_format: str = "options") -> str:
     """The full prompt for ``example``, with ``shots`` as solved demonstrations."""
-    parts = [task.description, answer_format_line(task), ""]
+    parts = [task.description, answer_format_line(task, answer_format), ""]
     if shots:
         parts += [SHOTS_INTRO, ""]
         for shot in shots:

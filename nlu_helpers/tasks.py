@@ -101,9 +101,9 @@ class Task:
             return self.renderer(example)
         return "\n".join(f"{shown}: {_field(example, self.name, *names)}" for shown, names in self.fields)
 
-    def build_prompt(self, example: Mapping, shots: Sequence[Mapping] = ()) -> str:
+    def build_prompt(self, example: Mapping, shots: Sequence[Mapping] = (), answer_format: str = "options") -> str:
         """The paper-style prompt, ending with the opening ``<Judgement>`` tag."""
-        return prompts.build_prompt(self, example, shots)
+        return prompts.build_prompt(self, example, shots, answer_format)
 
     def target(self, example: Mapping) -> str:
         """The SFT completion without EOS: ``" Positive </Judgement>"``."""

@@ -94,8 +94,18 @@ def test_few_shot_prompt_shows_each_demonstration_with_its_answer(name):
     shot = dict(EXAMPLES[name])
     prompt = task.build_prompt(EXAMPLES[name], shots=[shot, shot])
     assert prompt.count(f"Assistant: {JUDGEMENT_OPEN}{task.target(shot)}") == 2
-    assert prompt.count(JUDGEMENT_OPEN) == 2 + 1 + 1  # format line + two shots + the open tag at the end
+    opens_in_format_line = get_task(name).build_prompt(EXAMPLES[name]).count(JUDGEMENT_OPEN) - 1
+    assert prompt.count(JUDGEMENT_OPEN) == opens_in_format_line + 2 + 1  # format line + two shots + the final open tag
     assert prompt.index("Here are some solved examples.") < prompt.index("Now the case to judge.")
+
+
+def test_answer_format_lists_every_complete_answer():
+    line = get_task("mnli").build_prompt(EXAMPLES["mnli"]).splitlines()[1]
+    assert line == ("Reply first with one of these answers: <Judgement> Entailment </Judgement>, "
+                    "<Judgement> Neutral </Judgement> or <Judgement> Contradiction </Judgement>.")
+    assert "where X is one of: Negative, Positive" in get_task("sst2").build_prompt(EXAMPLES["sst2"], answer_format="placeholder")
+    with pytest.raises(ValueError, match="'json'.*options, placeholder"):
+        get_task("sst2").build_prompt(EXAMPLES["sst2"], answer_format="json")
 
 
 def test_diagnostics_accept_their_training_task_fields():
