@@ -90,6 +90,32 @@ def parameters_for(path: Path, profile_name: str, profile: Mapping, overrides: M
     return {key: value for key, value in wanted.items() if key in declared}
 
 
+def work_items(paths: Sequence[Path], profile: Mapping, overrides: Mapping) -> list[tuple[Path, str | None, str]]:
+    """``(notebook, task, key)`` in run order. With a ``tasks`` list in the profile (or
+    ``-p tasks=[...]``), every notebook that declares a ``task`` parameter runs once per
+    task (key ``02_zero_few_shot:rte``); without one each notebook runs once (key = its name)."""
+    import papermill
+
+    tasks = overrides.get("tasks", profile["parameters"].get("tasks"))
+    if tasks is None:
+        return [(path, None, path.stem) for path in paths]
+    if isinstance(tasks, str) or not tasks:
+        raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}")
+    from nlu_helpers.tasks import get_task
+
+    try:
+        names = [get_task(t).name for t in tasks]  # unknown names fail here, before anything runs
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
+    items = []
+    for path in paths:
+        if "task" in papermill.inspect_notebook(str(path)):
+            items += [(path, name, f"{path.stem}:{name}") for name in names]
+        else:
+            items.append((path, None, path.stem))
+    return items
+
+
 def _status(run_dir: Path) -> dict:
     path = run_dir / "run.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -141,32 +167,34 @@ def run(
     }
     _write_status(run_dir, status)
 
-    bar = tqdm(paths, desc=f"workbook ({profile_name})", unit="notebook", disable=not progress)
-    for path in bar:
-        entry = status["notebooks"].get(path.stem, {})
+    items = work_items(paths, profile, overrides)
+    bar = tqdm(items, desc=f"workbook ({profile_name})", unit="notebook", disable=not progress)
+    for path, task, key in bar:
+        entry = status["notebooks"].get(key, {})
         if entry.get("status") == "done":
             continue
-        bar.set_postfix_str(path.stem)
-        params = parameters_for(path, profile_name, profile, overrides, run_dir)
+        bar.set_postfix_str(key)
+        params = parameters_for(path, profile_name, profile, {**overrides, **({"task": task} if task else {})}, run_dir)
+        executed = run_dir / (path.name if task is None else f"{path.stem}-{task}.ipynb")
         start = time.perf_counter()
-        status["notebooks"][path.stem] = {"status": "running", "parameters": params}
+        status["notebooks"][key] = {"status": "running", "parameters": params}
         _write_status(run_dir, status)
         try:
             papermill.execute_notebook(
-                str(path), str(run_dir / path.name), parameters=params, kernel_name="python3",
+                str(path), str(executed), parameters=params, kernel_name="python3",
                 progress_bar=progress, cwd=str(run_dir),
             )
         except PapermillExecutionError as error:
-            status["notebooks"][path.stem] = {
+            status["notebooks"][key] = {
                 "status": "failed", "seconds": round(time.perf_counter() - start, 1),
                 "cell": error.exec_count, "error": f"{error.ename}: {error.evalue}", "parameters": params,
             }
             _write_status(run_dir, status)
             raise RunFailed(
-                f"{path.name} failed in cell {error.exec_count}: {error.ename}: {error.evalue} "
-                f"(executed notebook: {run_dir / path.name}; continue with --resume {run_dir})"
+                f"{path.name}{f' (task {task})' if task else ''} failed in cell {error.exec_count}: {error.ename}: "
+                f"{error.evalue} (executed notebook: {executed}; continue with --resume {run_dir})"
             ) from None
-        status["notebooks"][path.stem] = {"status": "done", "seconds": round(time.perf_counter() - start, 1), "parameters": params}
+        status["notebooks"][key] = {"status": "done", "seconds": round(time.perf_counter() - start, 1), "parameters": params}
         _write_status(run_dir, status)
     status["finished"] = datetime.now().isoformat(timespec="seconds")
     _write_status(run_dir, status)

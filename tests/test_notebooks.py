@@ -66,3 +66,41 @@ def test_profiles_and_selection_errors_name_the_allowed_values():
         "eval_limit": 20, "tasks": ["sst2", "rte"], "adapter": None}
     with pytest.raises(ValueError, match="KEY=VALUE"):
         runner.parse_overrides(["eval_limit"])
+
+
+def test_a_tasks_list_runs_task_notebooks_once_per_task(tmp_path):
+    import nbformat
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for number, declares_task in (("01", True), ("02", False)):
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        params = nbformat.v4.new_code_cell("output_dir = '.'\nprofile = 'x'" + ("\ntask = 'sst2'" if declares_task else ""))
+        params.metadata["tags"] = ["parameters"]
+        body = "open(f'ran-{task}.txt', 'w').write(task)" if declares_task else "x = 1"
+        nb.cells = [params, nbformat.v4.new_code_cell(body)]
+        nbformat.write(nb, folder / f"{number}_step.ipynb")
+    run_dir = runner.run("smoke", run_dir=tmp_path / "run", notebooks_folder=folder, progress=False,
+                         overrides={"tasks": ["RTE", "sst2"]})
+    status = json.loads((run_dir / "run.json").read_text())
+    assert list(status["notebooks"]) == ["01_step:rte", "01_step:sst2", "02_step"]
+    assert status["notebooks"]["01_step:rte"]["parameters"]["task"] == "rte"
+    assert (run_dir / "ran-rte.txt").read_text() == "rte" and (run_dir / "ran-sst2.txt").read_text() == "sst2"
+    assert (run_dir / "01_step-rte.ipynb").exists() and (run_dir / "02_step.ipynb").exists()
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        runner.run("smoke", run_dir=tmp_path / "run2", notebooks_folder=folder, progress=False, overrides={"tasks": ["nope"]})
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu-demo", "colab-t4", "paper"])
+def test_every_profile_key_is_a_parameter_some_notebook_declares(name):
+    import papermill
+
+    profile = runner.load_profile(name)
+    declared = {p.stem: set(papermill.inspect_notebook(str(p))) for p in runner.notebook_paths()}
+    for notebook, values in profile["notebooks"].items():
+        assert notebook in declared, f"profile {name!r} names notebook {notebook!r}; there are {sorted(declared)}"
+        unknown = set(values or {}) - declared[notebook]
+        assert not unknown, f"profile {name!r} sets {sorted(unknown)} that {notebook} does not declare"
+    everywhere = set().union(*declared.values()) | {"tasks"}
+    assert not set(profile["parameters"]) - everywhere, f"profile {name!r}: {set(profile['parameters']) - everywhere}"
