@@ -348,7 +348,8 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def _bf16_on_cuda() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    """Native bf16 only: torch also says yes on a T4 (emulated, several times slower than fp16)."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def pick_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device | None = None) -> torch.dtype:

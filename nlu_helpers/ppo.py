@@ -11,13 +11,15 @@ loop lives here. Read it top to bottom; nothing important happens in another fil
    on the policy's last hidden state (shared trunk); reference = the same weights with
    the adapter switched off, or the frozen SFT adapter. One copy of the base weights.
 4. **Rollout**: sample answers for a batch of task prompts, cut each at ``</Judgement>``,
-   score it with :func:`nlu_helpers.rewards.reward`.
+   score it with :func:`nlu_helpers.rewards.reward`. Each training prompt is sampled from
+   its own seed, so N processes draw the answers one process would.
 5. **Per-token rewards**: a KL penalty on every token, the task score on the last one;
    then advantages (GAE) and returns.
 6. **The update**: several epochs over mini-batches with gradient accumulation, with
    guards (non-finite loss or gradient: skip the update; approx. KL too high: stop early).
 7. **The trainer**: the loop, logging, checkpoint/resume, ``accelerate`` for one or more
-   processes.
+   processes (``python -m nlu_helpers.ppo`` under ``accelerate launch``, see
+   :mod:`nlu_helpers.launch`; under DeepSpeed ZeRO-3 the weights are gathered for generation).
 8. **GRPO** through TRL's ``GRPOTrainer`` with the same reward, for comparison.
 
 Shapes in comments: ``B`` batch (sequences), ``P`` prompt width (left padded), ``R``
@@ -27,6 +29,7 @@ response width (right padded), ``L = P + R``, ``H`` hidden size, ``V`` vocabular
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -257,14 +260,22 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((x - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1.0)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def whiten(
+    x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
     """``x`` shifted and scaled to mean 0 and variance 1 over real tokens; padding set to 0.
 
     Whitened advantages make the policy-gradient step size independent of the reward
-    scale (here rewards run from -3 to +1 plus the KL penalty).
+    scale (here rewards run from -3 to +1 plus the KL penalty). With several processes,
+    ``all_sum`` (sum a tensor over processes) makes the mean and variance those of the
+    whole global batch: every process scales alike, as one process holding it all would.
     """
-    whitened = (x - masked_mean(x, mask)) * torch.rsqrt(masked_var(x, mask) + eps)
-    return whitened * mask.to(x.dtype)
+    total = all_sum or (lambda t: t)
+    mask_f = mask.to(x.dtype)
+    n = total(mask_f.sum())
+    mean = total((x * mask_f).sum()) / n.clamp(min=1.0)
+    var = total(((x - mean) ** 2 * mask_f).sum()) / (n - 1).clamp(min=1.0)  # unbiased, as masked_var
+    return (x - mean) * torch.rsqrt(var + eps) * mask_f
 
 
 def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
@@ -631,6 +642,36 @@ def _answer_length(tokens: Sequence[int], tokenizer: "PreTrainedTokenizerBase", 
     return length
 
 
+class SeededGumbelSampler:
+    """A logits processor that makes greedy decoding sample, each row from its own seed.
+
+    Gumbel-max trick: with ``g ~ Gumbel(0, 1)`` drawn independently per vocabulary entry,
+    ``argmax(logits / T + g)`` is an exact sample from ``softmax(logits / T)``. Row ``i``
+    draws its noise from a generator seeded with ``seeds[i]``, so a prompt's answer does not
+    depend on the other prompts in the batch, nor on which process samples it: one process
+    with 32 prompts and four with 8 each draw the same answers.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float):
+        self.seeds = [int(s) for s in seeds]
+        self.temperature = temperature
+        self.generators: list[torch.Generator] | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:  # scores: [B, V]
+        if self.generators is None:
+            if len(self.seeds) != scores.shape[0]:
+                raise ValueError(f"{len(self.seeds)} seeds for a batch of {scores.shape[0]} rows; give one seed per prompt")
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        uniform = torch.stack([torch.rand(scores.shape[1], generator=g, device=scores.device) for g in self.generators])  # [B, V]
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(uniform.dtype).tiny)))  # [B, V]
+        return scores.float() / self.temperature + gumbel
+
+
+def sample_seeds(seed: int, step: int, indices: Sequence[int]) -> list[int]:
+    """One sampling seed per prompt from (run seed, step, the prompt's index in the global batch)."""
+    return [int.from_bytes(hashlib.blake2b(f"{seed}:{step}:{i}".encode(), digest_size=8).digest(), "little") >> 1 for i in indices]
+
+
 @torch.no_grad()
 def sample_answers(
     policy: nn.Module,
@@ -639,15 +680,17 @@ def sample_answers(
     *,
     max_new_tokens: int,
     temperature: float,
+    seeds: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """Sample one answer per prompt in one batched ``generate`` (full distribution: top_k 0, top_p 1).
 
     Returns ``input_ids`` [B, P+R] (prompt left-padded, answer right-padded with the pad
     token), ``attention_mask`` [B, P+R], ``response_mask`` [B, R] and the decoded texts.
     Generation stops at ``</Judgement>``; anything a row sampled after its answer ended is
-    padding from here on.
+    padding from here on. With ``seeds`` (one per prompt) each answer is drawn with
+    :class:`SeededGumbelSampler` from its own seed; without, from torch's global RNG.
     """
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     if tokenizer.padding_side != "left":
         raise ValueError("the tokenizer must pad on the left for batched sampling; use models.load_tokenizer")
@@ -657,11 +700,15 @@ def sample_answers(
     eos = policy.generation_config.eos_token_id if getattr(policy, "generation_config", None) else None
     eos_ids = {tokenizer.eos_token_id} | set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
     eos_ids.discard(None)
-    generation = GenerationConfig(  # built from scratch: no sampling defaults inherited from the model
-        do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+    # built from scratch: no sampling defaults inherited from the model
+    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if seeds is None else dict(do_sample=False)
+    generation = GenerationConfig(
+        **sampling, max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos_ids), stop_strings=[JUDGEMENT_CLOSE],
     )
-    output = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation, tokenizer=tokenizer)
+    processors = LogitsProcessorList([SeededGumbelSampler(seeds, temperature)] if seeds is not None else [])
+    output = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation,
+                             logits_processor=processors, tokenizer=tokenizer)
     sampled = output[:, prompt_ids.shape[1] :]  # [B, R'] R' <= max_new_tokens
     lengths = [_answer_length(row.tolist(), tokenizer, eos_ids) for row in sampled.cpu()]
     width = max(lengths)
@@ -713,13 +760,15 @@ def evaluate_rollout(ac: ActorCritic, rollout: Rollout, temperature: float, batc
         setattr(rollout, name, torch.cat(chunks) * rollout.response_mask)
 
 
-def compute_advantages(rollout: Rollout, config: PPOConfig, kl_coef: float) -> None:
-    """Per-token KL and rewards, then GAE advantages (whitened) and returns."""
+def compute_advantages(
+    rollout: Rollout, config: PPOConfig, kl_coef: float, all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> None:
+    """Per-token KL and rewards, then GAE advantages (whitened over the global batch) and returns."""
     mask = rollout.response_mask  # [B, R]
     rollout.kl = kl_per_token(rollout.logprobs, rollout.ref_logprobs, config.kl_estimator) * mask  # [B, R]
     rollout.rewards = token_rewards(rollout.scores, rollout.kl, mask, kl_coef)  # [B, R]
     advantages, returns = gae(rollout.rewards, rollout.values, mask, config.gamma, config.lam)  # [B, R]
-    rollout.advantages = whiten(advantages, mask) if config.whiten_advantages else advantages
+    rollout.advantages = whiten(advantages, mask, all_sum=all_sum) if config.whiten_advantages else advantages
     rollout.returns = returns
 
 
@@ -728,6 +777,12 @@ def _grad_norm(parameters: Sequence[torch.Tensor]) -> torch.Tensor:
     if not grads:
         return torch.tensor(0.0)
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
+def _mean_over_processes(value: float, accelerator: "Accelerator | None") -> float:
+    if accelerator is None or accelerator.num_processes == 1:
+        return value
+    return float(accelerator.reduce(torch.tensor([value], device=accelerator.device), reduction="mean")[0])
 
 
 def ppo_update(
@@ -778,7 +833,9 @@ def ppo_update(
                 # DDP: average gradients across processes once, on the last micro-batch
                 with contextlib.nullcontext() if accelerator is None or last_micro else accelerator.no_sync(model):
                     if accelerator is not None:
-                        accelerator.backward(loss / config.grad_accum)
+                        # DeepSpeed divides by its accumulation steps itself unless told not to
+                        extra = {"scale_wrt_gas": False} if zero_stage(accelerator) is not None else {}
+                        accelerator.backward(loss / config.grad_accum, **extra)
                     else:
                         (loss / config.grad_accum).backward()
                 with torch.no_grad():
@@ -794,13 +851,16 @@ def ppo_update(
                 grad_norm = clip(parameters, config.max_grad_norm)
             else:
                 grad_norm = _grad_norm(parameters)
+            if grad_norm is None:  # DeepSpeed clips and steps inside backward; its norm may not be known yet
+                grad_norm = _grad_norm(parameters)
             if finite and bool(torch.isfinite(torch.as_tensor(grad_norm))):
                 optimizer.step()
                 stats["grad_norm"].append(float(grad_norm))
             else:
                 skipped += 1
             optimizer.zero_grad(set_to_none=True)
-            if config.target_kl is not None and np.mean(step_kl) > config.target_kl:
+            # the approx. KL averaged over processes: all stop together (DDP would hang on one that went on)
+            if config.target_kl is not None and _mean_over_processes(float(np.mean(step_kl)), accelerator) > config.target_kl:
                 early_stopped = 1
                 break
         if early_stopped:
@@ -821,6 +881,46 @@ LOG_KEYS = (
     "skipped_updates", "early_stopped", "max_new_tokens", "seconds_rollout", "seconds_scoring", "seconds_update",
     "seconds_step", "data_pass",
 )
+
+
+def zero_stage(accelerator: "Accelerator | None") -> int | None:
+    """The DeepSpeed ZeRO stage this run uses, or None without DeepSpeed."""
+    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+    return None if plugin is None else int(plugin.zero_stage)
+
+
+@contextlib.contextmanager
+def gathered_parameters(accelerator: "Accelerator | None", parameters: Sequence[nn.Parameter], modifier_rank: int | None = None) -> Iterator[None]:
+    """Under ZeRO-3 each process holds a shard of every weight: gather them whole for the block
+    (every process must enter it). Elsewhere the weights are whole already and nothing happens."""
+    if zero_stage(accelerator) != 3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(parameters), modifier_rank=modifier_rank):
+        yield
+
+
+@contextlib.contextmanager
+def gathered_for_generation(model: nn.Module, accelerator: "Accelerator | None") -> Iterator[None]:
+    """Whole weights for ``generate`` under ZeRO-3 (LoRA included), gathered once per rollout.
+
+    Without it every layer would be gathered again for every sampled token. DeepSpeed's
+    hooks are taken off while the weights are whole and put back after, as TRL does in
+    ``unwrap_model_for_generation``. Without ZeRO-3 nothing happens.
+    """
+    if zero_stage(accelerator) != 3:
+        yield
+        return
+    from trl.models.utils import add_hooks, remove_hooks
+
+    with gathered_parameters(accelerator, model.parameters()):
+        remove_hooks(model)
+        try:
+            yield
+        finally:
+            add_hooks(model)
 
 
 def _write_json_atomic(path: Path, record: Any) -> None:
@@ -918,24 +1018,44 @@ class PPOTrainer:
         mine = picked[rank * self.config.prompts_per_step : (rank + 1) * self.config.prompts_per_step]
         return [self.rows[i] for i in mine]
 
+    def _all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over all processes (itself on one)."""
+        if self.accelerator.num_processes == 1:
+            return tensor
+        return self.accelerator.reduce(tensor, reduction="sum")
+
     # -- one step -----------------------------------------------------------------------
     @property
     def policy(self) -> "PeftModel":
         """The policy as a plain PEFT model (what ``evaluation.evaluate`` and ``generate`` take)."""
         return self.ac.policy
 
-    def rollout(self, rows: Sequence[Mapping] | None = None, *, max_new_tokens: int | None = None) -> Rollout:
-        """Sample, score and evaluate one batch: everything up to (not including) the update."""
+    def rollout(
+        self, rows: Sequence[Mapping] | None = None, *, max_new_tokens: int | None = None, seeds: Sequence[int] | None = None
+    ) -> Rollout:
+        """Sample, score and evaluate one batch: everything up to (not including) the update.
+
+        Without ``rows`` it takes the next training prompts and samples each from its own seed
+        (:func:`sample_seeds` of the run seed, the step and the prompt's place in the global
+        batch), so the answers do not depend on how many processes share the batch. Given
+        ``rows`` are sampled with ``seeds`` if given, else from torch's global RNG.
+        """
         config = self.config
-        rows = [dict(r) for r in rows] if rows is not None else self.next_rows()
+        if rows is None:
+            rows = self.next_rows()
+            first = self.accelerator.process_index * config.prompts_per_step  # this process's share of the global batch
+            seeds = sample_seeds(config.seed, self.step_count, range(first, first + len(rows)))
+        rows = [dict(r) for r in rows]
         if max_new_tokens is None:
             max_new_tokens = self.length_rng.randint(*config.max_new_tokens)
         prompts = [self.task.build_prompt(row) for row in rows]
         self.ac.eval()
         started = time.perf_counter()
-        input_ids, attention_mask, response_mask, texts = sample_answers(
-            self.ac.policy, self.tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=config.temperature
-        )
+        with gathered_for_generation(self.model, self.accelerator):  # ZeRO-3: whole weights, once per rollout
+            input_ids, attention_mask, response_mask, texts = sample_answers(
+                self.ac.policy, self.tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=config.temperature,
+                seeds=seeds,
+            )
         rollout = Rollout(rows, prompts, texts, input_ids, attention_mask, response_mask, max_new_tokens)
         seconds_rollout = time.perf_counter() - started
 
@@ -943,7 +1063,7 @@ class PPOTrainer:
         scores, rollout.predictions = score_answers(self.task, texts, rows, config.reward)
         rollout.scores = torch.tensor(scores, dtype=torch.float32, device=input_ids.device)  # [B]
         evaluate_rollout(self.ac, rollout, config.temperature, config.mini_batch_size)
-        compute_advantages(rollout, config, self.kl_controller.value)
+        compute_advantages(rollout, config, self.kl_controller.value, all_sum=self._all_sum)
         rollout.seconds = {"rollout": seconds_rollout, "scoring": time.perf_counter() - started}
         return rollout
 
@@ -1029,12 +1149,14 @@ class PPOTrainer:
         with the tokenizer, the value head and a ``training.json`` describing the run."""
         path = Path(path)
         self.accelerator.wait_for_everyone()
+        with gathered_parameters(self.accelerator, self._trained_parameters()):  # ZeRO-3: whole weights to save
+            if self.accelerator.is_main_process:
+                path.mkdir(parents=True, exist_ok=True)
+                with models._quiet():
+                    self.ac.policy.save_pretrained(str(path), selected_adapters=[POLICY_ADAPTER])
+                torch.save(self.ac.value_head.state_dict(), path / "value_head.pt")
         if self.accelerator.is_main_process:
-            path.mkdir(parents=True, exist_ok=True)
-            with models._quiet():
-                self.ac.policy.save_pretrained(str(path), selected_adapters=[POLICY_ADAPTER])
             self.tokenizer.save_pretrained(str(path))
-            torch.save(self.ac.value_head.state_dict(), path / "value_head.pt")
             info = {
                 "method": "ppo", "model": self.model_name, "task": self.task.name, "sft_adapter": self.sft_adapter,
                 "steps": self.step_count, "config": self.config.to_dict(), "kl_coef": self.kl_controller.value,
@@ -1042,6 +1164,9 @@ class PPOTrainer:
             }
             _write_json_atomic(path / "training.json", info)
         return path
+
+    def _trained_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.ac.parameters() if p.requires_grad]
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -1067,14 +1192,20 @@ class PPOTrainer:
         path = Path(path)
         self.accelerator.wait_for_everyone()
         rank = self.accelerator.process_index
+        if zero_stage(self.accelerator) is not None and self.accelerator.is_main_process:
+            warnings.warn("DeepSpeed shards the optimizer state: the checkpoint keeps weights, data position and RNG, "
+                          "and a resumed run starts the optimizer's moments afresh", stacklevel=2)
+        with gathered_parameters(self.accelerator, self._trained_parameters()):  # ZeRO-3: whole weights to save
+            if self.accelerator.is_main_process:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                build = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+                adapter = build / "adapter"
+                with models._quiet():
+                    self.ac.policy.save_pretrained(str(adapter), selected_adapters=[POLICY_ADAPTER])
+                torch.save(self.ac.value_head.state_dict(), build / "value_head.pt")
         if self.accelerator.is_main_process:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            build = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-            adapter = build / "adapter"
-            with models._quiet():
-                self.ac.policy.save_pretrained(str(adapter), selected_adapters=[POLICY_ADAPTER])
-            torch.save(self.ac.value_head.state_dict(), build / "value_head.pt")
-            torch.save(self.optimizer.state_dict(), build / "optimizer.pt")
+            if zero_stage(self.accelerator) is None:
+                torch.save(self.optimizer.state_dict(), build / "optimizer.pt")
             _write_json_atomic(build / "state.json", self._state())
             (build / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
             torch.save(self._rng_state(), build / f"rng-{rank}.pt")
@@ -1108,12 +1239,17 @@ class PPOTrainer:
                 raise ValueError(f"checkpoint {str(path)!r} has {key}={state[key]!r} but this trainer has {key}={mine[key]!r}")
         if PPOConfig.from_dict(state["config"]) != self.config:
             raise ValueError(f"checkpoint {str(path)!r} was written with another PPOConfig; build the trainer with PPOConfig.from_dict(state['config'])")
-        weights = load_file(str(path / "adapter" / "adapter_model.safetensors"), device=str(self.accelerator.device))
-        result = set_peft_model_state_dict(self.ac.policy, weights, adapter_name=POLICY_ADAPTER)
+        # read on the CPU and copied into place (safetensors refuses devices such as "cpu:0", which a multi-CPU run has)
+        weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+        # ZeRO-3: load into whole weights; the main process's copy is sharded back out
+        with gathered_parameters(self.accelerator, self._trained_parameters(), modifier_rank=0):
+            result = set_peft_model_state_dict(self.ac.policy, weights, adapter_name=POLICY_ADAPTER)
+            self.ac.value_head.load_state_dict(torch.load(path / "value_head.pt", map_location="cpu"))
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"checkpoint adapter has unexpected weights: {result.unexpected_keys[:5]}")
-        self.ac.value_head.load_state_dict(torch.load(path / "value_head.pt", map_location=self.accelerator.device))
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.accelerator.device, weights_only=False))
+        if (path / "optimizer.pt").is_file():  # not written under DeepSpeed (see save_checkpoint)
+            # loaded on the CPU; the optimizer moves its state to its parameters' device
+            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
         self.kl_controller.value = float(state["kl_coef"])
         self.step_count, self.data_pass, self.position = state["step_count"], state["data_pass"], state["position"]
         self.history = [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines() if line.strip()]
@@ -1142,10 +1278,11 @@ def train_ppo(
     callback: Callable[[dict], None] | None = None,
     progress: bool = True,
     device: str | torch.device = "auto",
+    accelerator: "Accelerator | None" = None,
 ) -> PPOTrainer:
     """Build a trainer, resume from ``<output_dir>/checkpoints/ppo-<task>`` if one is there
     (and ``resume``), train to ``steps`` and save the adapter to ``<output_dir>/adapters/ppo-<task>``."""
-    trainer = PPOTrainer(model, task, train_rows, config, sft_adapter=sft_adapter, device=device)
+    trainer = PPOTrainer(model, task, train_rows, config, sft_adapter=sft_adapter, device=device, accelerator=accelerator)
     checkpoint = Path(output_dir) / "checkpoints" / f"ppo-{trainer.task.name}" if output_dir is not None else None
     if checkpoint is not None and resume and (checkpoint / "state.json").is_file():
         trainer.load_checkpoint(checkpoint)
@@ -1259,3 +1396,9 @@ def train_grpo(
     trainer.train()
     policy.generate = plain_generate  # type: ignore[method-assign]
     return trainer.model, list(trainer.state.log_history)
+
+
+if __name__ == "__main__":  # python -m nlu_helpers.ppo --help (alone or under accelerate launch): see nlu_helpers.launch
+    from nlu_helpers.launch import main
+
+    main("ppo")

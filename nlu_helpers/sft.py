@@ -365,6 +365,15 @@ class LivePlotCallback(TrainerCallback):
             self.plot.update(step, values)
 
 
+def _process_state(settings: SFTSettings) -> Any:
+    """accelerate's view of the processes (one in a notebook, several under ``accelerate launch``),
+    set up the way the Trainer sets it up, so both agree on ranks and backend."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=models.pick_device(settings.device).type == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def _precision(settings: SFTSettings, device: torch.device) -> torch.dtype:
     dtype = models.pick_dtype(settings.precision, device)
     if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
@@ -507,11 +516,13 @@ def train_sft(
         "n_examples": len(examples),
         "data_sha256": _fingerprint(examples),
     }
-    state = _prepare_output(output_dir, run, overwrite)
+    processes = _process_state(settings)
+    with processes.main_process_first():  # under accelerate launch the main process sets the folder up, the others find it
+        state = _prepare_output(output_dir, run, overwrite and processes.is_main_process)
+        resume_from = last_checkpoint(output_dir) if state == "resume" else None
     if state == "done":
         print(f"SFT: {output_dir} already holds the finished adapter of this run; loading nothing, training nothing.")
         return output_dir
-    resume_from = last_checkpoint(output_dir) if state == "resume" else None
     if resume_from is not None:
         print(f"SFT: resuming from {resume_from}")
 
@@ -523,12 +534,15 @@ def train_sft(
     seconds = time.perf_counter() - start
 
     adapter = trainer.model
-    with models._quiet():
-        adapter.save_pretrained(output_dir)  # names the resolved base folder: PEFT checks it without the hub
+    # DeepSpeed: every process takes part in gathering the weights (ZeRO-3 shards them); one process writes
+    weights = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.is_deepspeed_enabled else None
     lora = adapter.peft_config["default"]
-    lora.base_model_name_or_path = run["model"]  # portable: "embedded", not this machine's cache path
-    lora.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    if processes.is_main_process:
+        with models._quiet():
+            adapter.save_pretrained(output_dir, state_dict=weights)  # names the resolved base folder: PEFT checks it without the hub
+        lora.base_model_name_or_path = run["model"]  # portable: "embedded", not this machine's cache path
+        lora.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
     losses = [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e]
     tokens = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e]
     trainable, total = models.trainable_parameters(adapter)
@@ -553,9 +567,11 @@ def train_sft(
         "device": str(models.pick_device(settings.device)),
         "versions": library_versions(),
     }
-    if not settings.keep_checkpoints:
-        shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
-    _write_json(output_dir / TRAINING_FILE, info)  # last: marks the folder complete
+    if processes.is_main_process:
+        if not settings.keep_checkpoints:
+            shutil.rmtree(output_dir / CHECKPOINTS, ignore_errors=True)
+        _write_json(output_dir / TRAINING_FILE, info)  # last: marks the folder complete
+    processes.wait_for_everyone()  # no process returns before the folder is complete
     return output_dir
 
 
@@ -598,3 +614,9 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, dtype: str | 
     tokenizer.save_pretrained(out_dir)
     _write_json(out_dir / TRAINING_FILE, {**info, "merged_from": str(adapter_dir.resolve())})
     return out_dir
+
+
+if __name__ == "__main__":  # python -m nlu_helpers.sft --help (alone or under accelerate launch): see nlu_helpers.launch
+    from nlu_helpers.launch import main
+
+    main("sft")
