@@ -8,4 +8,5 @@ workbook: setup
 	.venv/bin/python -m nlu_helpers run --profile $(or $(PROFILE),cpu-demo)
 
 test: setup
+	@bash scripts/ensure-chromium.sh
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
