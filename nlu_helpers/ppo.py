@@ -12,7 +12,8 @@ loop lives here. Read it top to bottom; nothing important happens in another fil
    the adapter switched off, or the frozen SFT adapter. One copy of the base weights.
 4. **Rollout**: sample answers for a batch of task prompts, cut each at ``</Judgement>``,
    score it with :func:`nlu_helpers.rewards.reward`. Each training prompt is sampled from
-   its own seed, so N processes draw the answers one process would.
+   its own seed, so N processes draw the answers one process would. The policy's log-probs
+   and values come from the states sampling computed; only the reference runs again.
 5. **Per-token rewards**: a KL penalty on every token, the task score on the last one;
    then advantages (GAE) and returns.
 6. **The update**: several epochs over mini-batches with gradient accumulation, with
@@ -498,9 +499,14 @@ class ActorCritic(nn.Module):
         ).last_hidden_state  # [B, L, H]
         # the state at position i predicts token i + 1: the R states before each response token
         hidden = hidden[:, -response_width - 1 : -1]  # [B, R, H]
+        return self.heads(hidden, input_ids[:, -response_width:], temperature)
+
+    def heads(
+        self, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-prob, entropy and value from the last hidden states before the tokens. [B, R, H], [B, R] -> 3 x [B, R]."""
         # only the response positions go through the vocabulary projection (the big tensor)
         logits = self.base.get_output_embeddings()(hidden).float() / temperature  # [B, R, V]
-        tokens = input_ids[:, -response_width:]  # [B, R]
         log_norm = torch.logsumexp(logits, dim=-1)  # [B, R]
         logprobs = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - log_norm  # [B, R]
         with torch.no_grad():
@@ -743,15 +749,46 @@ def _trim(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: 
     return input_ids[:, first:], attention_mask[:, first:], response_width
 
 
-def evaluate_rollout(ac: ActorCritic, rollout: Rollout, temperature: float, batch_size: int) -> None:
-    """Fill in the policy's log-probs, entropy and values, and the reference's log-probs (no gradients)."""
+@contextlib.contextmanager
+def recorded_generation(ac: ActorCritic) -> Iterator[list[torch.Tensor]]:
+    """Keep the hidden state that enters the LM head at every ``generate`` step ([B, H] each).
+
+    Sampling already runs the policy over the prompt and every answer token; the state it
+    fed the LM head before sampling token t is the state a forward pass over prompt + answer
+    has before token t (same weights, same positions; the KV cache only saves recomputing).
+    :func:`evaluate_rollout` turns them into the policy's log-probs, entropy and values
+    with :meth:`ActorCritic.heads`, instead of running the policy over the batch again.
+    """
+    states: list[torch.Tensor] = []
+    hook = ac.base.get_output_embeddings().register_forward_hook(lambda _m, inputs, _out: states.append(inputs[0][:, -1].detach()))
+    try:
+        yield states
+    finally:
+        hook.remove()
+
+
+def evaluate_rollout(
+    ac: ActorCritic, rollout: Rollout, temperature: float, batch_size: int, generated: Sequence[torch.Tensor] | None = None
+) -> None:
+    """Fill in the policy's log-probs, entropy and values, and the reference's log-probs (no gradients).
+
+    With ``generated`` (the states :func:`recorded_generation` kept while sampling these
+    answers) the policy's figures come from them and only the reference is run here.
+    """
     parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "entropy": [], "values": [], "ref_logprobs": []}
     width = rollout.response_width
+    if generated is not None:
+        with torch.no_grad():
+            hidden = torch.stack(list(generated[:width]), dim=1)  # [B, R, H]: the state before each answer token
+            policy_figures = ac.heads(hidden, rollout.response_ids, temperature)  # [B, R] each
     for start in range(0, len(rollout.rows), batch_size):
         rows = slice(start, start + batch_size)
         ids, mask, w = _trim(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.response_mask[rows])
         with torch.no_grad():
-            logprobs, entropy, values = ac(ids, mask, w, temperature)  # [b, w] each
+            if generated is None:
+                logprobs, entropy, values = ac(ids, mask, w, temperature)  # [b, w] each
+            else:
+                logprobs, entropy, values = (t[rows, :w] for t in policy_figures)
             with ac.reference():
                 ref_logprobs, _, _ = ac(ids, mask, w, temperature)  # [b, w]
         for name, tensor in zip(("logprobs", "entropy", "values", "ref_logprobs"), (logprobs, entropy, values, ref_logprobs)):
@@ -1051,7 +1088,8 @@ class PPOTrainer:
         prompts = [self.task.build_prompt(row) for row in rows]
         self.ac.eval()
         started = time.perf_counter()
-        with gathered_for_generation(self.model, self.accelerator):  # ZeRO-3: whole weights, once per rollout
+        # ZeRO-3: whole weights, once per rollout; the policy's states are kept for evaluate_rollout
+        with gathered_for_generation(self.model, self.accelerator), recorded_generation(self.ac) as generated:
             input_ids, attention_mask, response_mask, texts = sample_answers(
                 self.ac.policy, self.tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=config.temperature,
                 seeds=seeds,
@@ -1062,7 +1100,7 @@ class PPOTrainer:
         started = time.perf_counter()
         scores, rollout.predictions = score_answers(self.task, texts, rows, config.reward)
         rollout.scores = torch.tensor(scores, dtype=torch.float32, device=input_ids.device)  # [B]
-        evaluate_rollout(self.ac, rollout, config.temperature, config.mini_batch_size)
+        evaluate_rollout(self.ac, rollout, config.temperature, config.mini_batch_size, generated)
         compute_advantages(rollout, config, self.kl_controller.value, all_sum=self._all_sum)
         rollout.seconds = {"rollout": seconds_rollout, "scoring": time.perf_counter() - started}
         return rollout

@@ -373,3 +373,17 @@ def test_grpo_reward_function_maps_completions_and_columns_to_the_reward_table()
     )
     assert scores == [1.0, -1.0, -3.0, -3.0]
     assert logged == {"accuracy": 0.25, "unparseable": 0.5}
+
+
+def test_policy_figures_from_sampling_equal_a_second_forward_pass(rows):
+    """The rollout takes the policy's log-probs, entropy and values from the states sampling
+    computed (no second pass over the batch); a full forward pass gives the same numbers."""
+    trainer = _trainer(rows)
+    _randomise_lora(trainer.policy)
+    with torch.no_grad():
+        trainer.ac.value_head.linear.weight.normal_()  # a zero head would hide a misaligned state
+    rollout = trainer.rollout(rows[:4], max_new_tokens=5)
+    from_sampling = {k: getattr(rollout, k).clone() for k in ("logprobs", "entropy", "values", "ref_logprobs")}
+    ppo.evaluate_rollout(trainer.ac, rollout, trainer.config.temperature, batch_size=3)  # the policy run again
+    for name, tensor in from_sampling.items():
+        torch.testing.assert_close(tensor, getattr(rollout, name), atol=1e-4, rtol=1e-4, msg=name)
