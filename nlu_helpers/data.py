@@ -170,7 +170,7 @@ def load_movie_snippets(split: str) -> datasets.Dataset:
 # -- custom tasks ----------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _quiet_progress() -> Iterator[None]:
+def quiet_progress() -> Iterator[None]:
     """Hide datasets' progress bars for small local files, restoring the user's setting after."""
     was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
@@ -194,7 +194,7 @@ def _load_custom(task: Task, split: str) -> datasets.Dataset:
     builders = {".csv": "csv", ".json": "json", ".jsonl": "json"}
     if suffix not in builders:
         raise ValueError(f"data file {str(path)!r}: format {suffix!r} is not supported; allowed: .csv, .json, .jsonl")
-    with _quiet_progress():
+    with quiet_progress():
         ds = datasets.load_dataset(builders[suffix], data_files=str(path), split="train")
 
     source = task.source_label_column

@@ -55,7 +55,7 @@ import torch
 from nlu_helpers import assets
 from nlu_helpers import metrics as metrics_lib
 from nlu_helpers.evaluation import EvalResult, bootstrap_ci, label_share, library_versions
-from nlu_helpers.models import MARKER, _building, _publish, _quiet, _read_marker, pick_device, resolve_model
+from nlu_helpers.models import MARKER, _building, _publish, _quiet, _read_marker, build_random_copy, pick_device, resolve_model
 from nlu_helpers.tasks import Task, _field, get_task
 
 OFFLINE_ENCODER = "minilm-l6"
@@ -132,34 +132,15 @@ def tiny_encoder_dir() -> Path:
     Seeded, so every build has the same weights; it learns nothing useful but runs the
     real training and evaluation code in seconds.
     """
-    from transformers import AutoConfig, AutoTokenizer, BertModel
+    from transformers import BertModel
 
     target = assets.cache_dir() / "models" / TINY_ENCODER_DIRNAME
     marker = _read_marker(target)
     if marker and marker.get("recipe") == TINY_ENCODER_RECIPE:
         return target
-    source = minilm_dir()
-    with _building(target) as build, _quiet():
-        config = AutoConfig.from_pretrained(source)
-        for key, value in TINY_ENCODER_SIZES.items():
-            setattr(config, key, value)
-        config._name_or_path = ""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TINY_ENCODER_SEED)
-            model = BertModel(config).to(torch.float32)
-        model.save_pretrained(build)
-        AutoTokenizer.from_pretrained(source).save_pretrained(build)
-        note = {
-            "name": TINY_ENCODER,
-            "recipe": TINY_ENCODER_RECIPE,
-            "seed": TINY_ENCODER_SEED,
-            "sizes": TINY_ENCODER_SIZES,
-            "tokenizer_and_config_from": OFFLINE_ENCODER,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        (build / MARKER).write_text(json.dumps(note, indent=2) + "\n")
-        _publish(build, target)
-    return target
+    return build_random_copy(target, minilm_dir(), BertModel, sizes=TINY_ENCODER_SIZES, seed=TINY_ENCODER_SEED,
+                             note={"name": TINY_ENCODER, "recipe": TINY_ENCODER_RECIPE,
+                                   "tokenizer_and_config_from": OFFLINE_ENCODER})
 
 
 def resolve_encoder(name_or_path: str | os.PathLike) -> str:

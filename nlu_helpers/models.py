@@ -28,7 +28,7 @@ import zipfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import torch
 
@@ -222,34 +222,37 @@ def tiny_model_dir() -> Path:
     Seeded, so every build has the same weights: tests and the smoke profile get
     reproducible numbers. Needs the embedded folder for the tokenizer and the config.
     """
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     target = cache_dir() / "models" / TINY_DIRNAME
     marker = _read_marker(target)
     if marker and marker.get("recipe") == TINY_RECIPE:
         return target
 
-    source = embedded_model_dir()
     print(f"Building the tiny random test model in {target} ...", flush=True)
+    return build_random_copy(target, embedded_model_dir(), LlamaForCausalLM, sizes=TINY_SIZES, seed=TINY_SEED,
+                             note={"name": TINY_MODEL, "recipe": TINY_RECIPE, "tokenizer_and_config_from": EMBEDDED_MODEL})
+
+
+def build_random_copy(target: Path, source: Path, model_class: type, *, sizes: Mapping[str, int], seed: int,
+                      note: Mapping[str, Any]) -> Path:
+    """Write to ``target`` a seeded random ``model_class`` with ``source``'s config resized by
+    ``sizes`` and ``source``'s tokenizer, plus a marker with ``note`` (same seed, same weights)."""
+    from transformers import AutoConfig, AutoTokenizer
+
     with _building(target) as build, _quiet():
         config = AutoConfig.from_pretrained(source)
-        for key, value in TINY_SIZES.items():
+        for key, value in sizes.items():
             setattr(config, key, value)
         config._name_or_path = ""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TINY_SEED)
-            model = LlamaForCausalLM(config).to(torch.float32)
+            torch.manual_seed(seed)
+            model = model_class(config).to(torch.float32)
         model.save_pretrained(build)
         AutoTokenizer.from_pretrained(source).save_pretrained(build)
-        note = {
-            "name": TINY_MODEL,
-            "recipe": TINY_RECIPE,
-            "seed": TINY_SEED,
-            "sizes": TINY_SIZES,
-            "tokenizer_and_config_from": EMBEDDED_MODEL,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        (build / MARKER).write_text(json.dumps(note, indent=2) + "\n")
+        marker = {**note, "seed": seed, "sizes": dict(sizes),
+                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        (build / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         _publish(build, target)
     return target
 

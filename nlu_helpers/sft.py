@@ -39,15 +39,14 @@ import shutil
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
 from transformers import TrainerCallback
 
-from nlu_helpers import models
+from nlu_helpers import data, models
 from nlu_helpers.tasks import Task, get_task, record_candidates
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -397,20 +396,6 @@ def load_base(model: str | os.PathLike, settings: SFTSettings) -> torch.nn.Modul
     return base
 
 
-@contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """Hide datasets' per-map progress bars (five of them, even for a few hundred rows)."""
-    import datasets
-
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
-
-
 def make_trainer(
     settings: SFTSettings,
     *,
@@ -461,7 +446,7 @@ def make_trainer(
         r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout, bias=settings.lora_bias,
         target_modules=settings.target_modules,
     )
-    with models._quiet(progress_bars=True), _quiet_datasets():
+    with models._quiet(progress_bars=True), data.quiet_progress():  # datasets' per-map bars, five even for 100 rows
         return SFTTrainer(
             model=base,
             args=config,

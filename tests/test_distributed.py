@@ -47,12 +47,7 @@ PPO_ARGS = ["--model", "tiny-random", "--device", "cpu", "--preset", "smoke", "-
             "--mini-batch-size", "1", "--max-new-tokens", "[3, 5]", "--ppo-epochs", "3", "--target-kl", "1e-5"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _free_port() -> int:
