@@ -22,7 +22,6 @@ import json
 import os
 import socket
 import tarfile
-import tempfile
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -31,6 +30,7 @@ from urllib.parse import urlparse
 import datasets
 
 from nlu_helpers import assets
+from nlu_helpers.results import write_atomic
 from nlu_helpers.tasks import OFFLINE_TASK, Task, get_task
 
 # -- the offline default: movie-snippets ----------------------------------------------------
@@ -120,20 +120,6 @@ def _meta() -> dict:
             "min_abs_rating": MIN_ABS_RATING, "fractions": SPLIT_FRACTIONS}
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _read_cached(folder: Path, split: str) -> list[dict] | None:
     """The cached rows of one split, or None when the cache is missing, stale or damaged."""
     try:
@@ -154,9 +140,9 @@ def _movie_snippets_rows(split: str) -> list[dict]:
         return rows
     built = build_movie_snippets()
     for name, split_rows in built.items():
-        _write_atomically(folder / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in split_rows))
+        write_atomic(folder / f"{name}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in split_rows))
     sizes = {name: len(split_rows) for name, split_rows in built.items()}
-    _write_atomically(folder / "meta.json", json.dumps({**_meta(), "sizes": sizes}, indent=1) + "\n")  # last: marks the cache complete
+    write_atomic(folder / "meta.json", json.dumps({**_meta(), "sizes": sizes}, indent=1) + "\n")  # last: marks the cache complete
     return built[split]
 
 

@@ -527,7 +527,6 @@ def run_baseline(
     ``splits`` default to the task's evaluation splits (MNLI: matched and mismatched).
     ``train_options`` go to :func:`fine_tune` (epochs, learning_rate, batch_size, ...).
     """
-    from nlu_helpers import data
 
     task = check_supported(task)
     splits = list(splits) if splits is not None else list(task.eval_splits)

@@ -41,7 +41,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from nlu_helpers import models
 from nlu_helpers import rewards as rewards_lib
 from nlu_helpers.parsing import parse_answer
 from nlu_helpers.prompts import JUDGEMENT_CLOSE
+from nlu_helpers.results import write_atomic
 from nlu_helpers.tasks import Task, get_task
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -960,13 +961,6 @@ def gathered_for_generation(model: nn.Module, accelerator: "Accelerator | None")
             add_hooks(model)
 
 
-def _write_json_atomic(path: Path, record: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=1)
-    os.replace(tmp, path)
-
-
 class PPOTrainer:
     """Owns the model, the optimizer, the KL controller, the data order and the log.
 
@@ -1200,7 +1194,7 @@ class PPOTrainer:
                 "steps": self.step_count, "config": self.config.to_dict(), "kl_coef": self.kl_controller.value,
                 "final": self.history[-1] if self.history else None, **dict(extra or {}),
             }
-            _write_json_atomic(path / "training.json", info)
+            write_atomic(path / "training.json", json.dumps(info, indent=1))
         return path
 
     def _trained_parameters(self) -> list[nn.Parameter]:
@@ -1244,7 +1238,7 @@ class PPOTrainer:
         if self.accelerator.is_main_process:
             if zero_stage(self.accelerator) is None:
                 torch.save(self.optimizer.state_dict(), build / "optimizer.pt")
-            _write_json_atomic(build / "state.json", self._state())
+            write_atomic(build / "state.json", json.dumps(self._state(), indent=1))
             (build / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
             torch.save(self._rng_state(), build / f"rng-{rank}.pt")
             if path.exists():

@@ -34,12 +34,17 @@ def result_name(*parts: Any) -> str:
     return _safe("-".join(str(p) for p in parts if p not in (None, "")))
 
 
-def _write_atomic(path: Path, text: str) -> Path:
+def write_atomic(path: Path, text: str) -> Path:
+    """Write via a temp file and rename, so a reader (or a run killed mid-write) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -59,14 +64,14 @@ def save_result(record: dict, output_dir: str | Path, name: str, predictions: It
     path = folder / f"{_safe(name)}.json"
     if predictions is not None:
         lines = "".join(json.dumps(p, default=_jsonable) + "\n" for p in predictions)
-        _write_atomic(folder / f"{_safe(name)}.predictions.jsonl", lines)
-    return _write_atomic(path, json.dumps({"name": name, **record}, indent=2, default=_jsonable) + "\n")
+        write_atomic(folder / f"{_safe(name)}.predictions.jsonl", lines)
+    return write_atomic(path, json.dumps({"name": name, **record}, indent=2, default=_jsonable) + "\n")
 
 
 def save_log(rows: Iterable[dict], output_dir: str | Path, name: str) -> Path:
     """Write a training log (one JSON object per step)."""
     lines = "".join(json.dumps(r, default=_jsonable) + "\n" for r in rows)
-    return _write_atomic(Path(output_dir) / RESULTS / f"{_safe(name)}.log.jsonl", lines)
+    return write_atomic(Path(output_dir) / RESULTS / f"{_safe(name)}.log.jsonl", lines)
 
 
 def load_results(output_dir: str | Path) -> list[dict]:

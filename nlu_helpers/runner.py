@@ -122,9 +122,9 @@ def _status(run_dir: Path) -> dict:
 
 
 def _write_status(run_dir: Path, status: dict) -> None:
-    tmp = run_dir / ".run.json.tmp"
-    tmp.write_text(json.dumps(status, indent=2) + "\n")
-    tmp.replace(run_dir / "run.json")
+    from nlu_helpers.results import write_atomic
+
+    write_atomic(run_dir / "run.json", json.dumps(status, indent=2) + "\n")
 
 
 def run(

@@ -36,7 +36,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ import torch
 from transformers import TrainerCallback
 
 from nlu_helpers import data, models
+from nlu_helpers.results import write_atomic
 from nlu_helpers.tasks import Task, get_task, record_candidates
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -262,10 +262,7 @@ def _fingerprint(examples: Sequence[Mapping]) -> str:
 
 def _write_json(path: Path, record: Mapping) -> None:
     """Atomically (temp file + rename): a kill mid-write never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def read_training_info(adapter_dir: str | Path) -> dict:

@@ -63,6 +63,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from nlu_helpers.results import write_atomic
 from nlu_helpers.tasks import Task, get_task
 
 __all__ = [
@@ -285,18 +286,6 @@ def _check_unique(task: Task, keys: Sequence) -> None:
         seen.add(key)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # -- public entry points -------------------------------------------------------------------------
 
 def write_submission(
@@ -331,12 +320,12 @@ def write_submission(
         indexes = [_plain_idx(task, row, i) for i, row in enumerate(rows)]
         _check_unique(task, indexes)
         lines = ["index\tprediction"] + [f"{i}\t{_glue_value(task, p)}" for i, p in zip(indexes, filled)]
-        _write_atomic(path, "\n".join(lines) + "\n")
+        write_atomic(path, "\n".join(lines) + "\n")
     else:
         lines = _superglue_lines(task, filled, rows)
         if task.name != "multirc":
             _check_unique(task, [line["idx"] for line in lines])
-        _write_atomic(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+        write_atomic(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     note = f"; {count} unparseable filled with seeded random labels (seed {seed})" if count else ""
     print(f"submission: wrote {len(rows)} predictions to {path}{note}")
     return path
