@@ -380,12 +380,12 @@ def part_sft(spec: dict, meter: Meter) -> dict:
     config = ppo_config(spec)
     sizes = spec["sizes"]
     steps = sizes["warmup"] + sizes["sft_steps"]
-    per_step = config.mini_batch_size * config.grad_accum
+    per_step = config.batch_size * config.gradient_accumulation_steps
     tokenizer = models.load_tokenizer(spec["model"])
     rows = _rows(spec, "train", steps * per_step)
     examples = [{**e, "completion": e["completion"] + tokenizer.eos_token} for e in sft.sft_examples(spec["task"], rows)]
     settings = sft.SFTSettings(
-        learning_rate=config.learning_rate, batch_size=config.mini_batch_size, gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate, batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_steps=steps, max_length=1024, lr_scheduler="constant", save_steps=10**9, logging_steps=1,
         lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, lora_bias=config.lora_bias,
         target_modules=config.lora_target_modules, precision=PRECISION[spec["dtype"]], device=spec["device"], seed=config.seed,
@@ -403,7 +403,7 @@ def part_sft(spec: dict, meter: Meter) -> dict:
     seconds, tokens = timer.seconds[measured], tokens[measured]
     return {
         "model": info, "trainable_parameters": info["trainable_parameters"], "total_parameters": info["parameters"],
-        "batch_size": config.mini_batch_size, "grad_accum": config.grad_accum, "sequences_per_step": per_step,
+        "batch_size": config.batch_size, "gradient_accumulation_steps": config.gradient_accumulation_steps, "sequences_per_step": per_step,
         "steps_measured": len(seconds), "step_seconds": seconds, "median_step_s": statistics.median(seconds),
         "steps_per_s": 1 / statistics.median(seconds), "tokens_per_step": statistics.mean(tokens),
         "tokens_per_s": statistics.median([t / s for t, s in zip(tokens, seconds)]),
@@ -488,10 +488,10 @@ def part_grpo(spec: dict, meter: Meter) -> dict:
     sizes = spec["sizes"]
     generations = sizes["grpo_generations"]
     completions = config.prompts_per_step  # per generation: as many as PPO samples per step
-    per_device = config.mini_batch_size
+    per_device = config.batch_size
     if per_device % generations or completions % per_device:
-        raise ValueError(f"GRPO peer needs mini_batch_size ({per_device}) divisible by --grpo-generations ({generations}) "
-                         f"and prompts_per_step ({completions}) divisible by mini_batch_size")
+        raise ValueError(f"GRPO peer needs batch_size ({per_device}) divisible by --grpo-generations ({generations}) "
+                         f"and prompts_per_step ({completions}) divisible by batch_size")
     steps_per_generation = completions // per_device
     cycle = steps_per_generation * config.ppo_epochs  # trainer steps per generation batch
     cycles = sizes["warmup"] + sizes["steps"]

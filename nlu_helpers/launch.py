@@ -297,9 +297,9 @@ def make_accelerator(config: "PPOConfig", device: str = "auto") -> "Accelerator"
     accelerator = Accelerator(cpu=models.pick_device(device).type == "cpu")
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:
-        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.mini_batch_size
-        plugin.deepspeed_config["gradient_accumulation_steps"] = config.grad_accum
-        plugin.deepspeed_config["train_batch_size"] = config.mini_batch_size * config.grad_accum * accelerator.num_processes
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+        plugin.deepspeed_config["gradient_accumulation_steps"] = config.gradient_accumulation_steps
+        plugin.deepspeed_config["train_batch_size"] = config.batch_size * config.gradient_accumulation_steps * accelerator.num_processes
         plugin.deepspeed_config["gradient_clipping"] = config.max_grad_norm or 0.0  # 0: no clipping
     return accelerator
 

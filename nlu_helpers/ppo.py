@@ -106,8 +106,8 @@ class PPOConfig:
     vf_coef: float = 0.1
     # -- optimisation -------------------------------------------------------------------
     ppo_epochs: int = 4
-    mini_batch_size: int = 8  # sequences per forward/backward pass
-    grad_accum: int = 2  # mini-batches per optimizer step
+    batch_size: int = 8  # sequences per forward/backward pass on one process (the mini-batch)
+    gradient_accumulation_steps: int = 2  # mini-batches per optimizer step
     optimizer: str = "adafactor"
     learning_rate: float = 9e-6
     weight_decay: float = 0.0
@@ -131,16 +131,16 @@ class PPOConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
-        for name in ("prompts_per_step", "ppo_epochs", "mini_batch_size", "grad_accum", "kl_horizon", "passes", "lora_r"):
+        for name in ("prompts_per_step", "ppo_epochs", "batch_size", "gradient_accumulation_steps", "kl_horizon", "passes", "lora_r"):
             positive_int(name)
         low_high = tuple(self.max_new_tokens)
         if len(low_high) != 2 or not all(isinstance(v, int) and v >= 1 for v in low_high) or low_high[0] > low_high[1]:
             raise ValueError(f"max_new_tokens must be (low, high) with 1 <= low <= high, got {self.max_new_tokens!r}")
         object.__setattr__(self, "max_new_tokens", low_high)
-        if self.prompts_per_step % (self.mini_batch_size * self.grad_accum):
+        if self.prompts_per_step % (self.batch_size * self.gradient_accumulation_steps):
             raise ValueError(
-                f"prompts_per_step ({self.prompts_per_step}) must be a multiple of mini_batch_size * grad_accum "
-                f"({self.mini_batch_size} * {self.grad_accum}): every optimizer step sees the same number of sequences"
+                f"prompts_per_step ({self.prompts_per_step}) must be a multiple of batch_size * gradient_accumulation_steps "
+                f"({self.batch_size} * {self.gradient_accumulation_steps}): every optimizer step sees the same number of sequences"
             )
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0 (sampling), got {self.temperature!r}")
@@ -198,8 +198,8 @@ On the 135M embedded model this rate leaves the reward near -3 for a whole epoch
 
 CPU_DEMO = PPOConfig(
     prompts_per_step=16,
-    mini_batch_size=8,
-    grad_accum=1,
+    batch_size=8,
+    gradient_accumulation_steps=1,
     ppo_epochs=2,
     temperature=0.7,
     max_new_tokens=(8, 12),
@@ -218,8 +218,8 @@ learn from, a small fixed KL coefficient."""
 
 SMOKE = PPOConfig(
     prompts_per_step=4,
-    mini_batch_size=2,
-    grad_accum=2,
+    batch_size=2,
+    gradient_accumulation_steps=2,
     ppo_epochs=2,
     max_new_tokens=(3, 6),
     optimizer="adamw",
@@ -833,7 +833,7 @@ def ppo_update(
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """``config.ppo_epochs`` passes over the rollout in shuffled mini-batches; one optimizer
-    step every ``config.grad_accum`` mini-batches. ``model`` is the (possibly DDP-wrapped)
+    step every ``config.gradient_accumulation_steps`` mini-batches. ``model`` is the (possibly DDP-wrapped)
     :class:`ActorCritic`.
 
     Guards: an optimizer step whose loss or gradient is NaN/inf is skipped (gradients
@@ -842,7 +842,7 @@ def ppo_update(
     approximate KL of an optimizer step exceeds it (``early_stopped`` = 1).
     """
     batch_size = len(rollout.rows)
-    per_step = config.mini_batch_size * config.grad_accum
+    per_step = config.batch_size * config.gradient_accumulation_steps
     parameters = [p for p in model.parameters() if p.requires_grad]
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_frac", "value_clip_frac", "approx_kl", "ratio", "grad_norm")}
     skipped = 0
@@ -853,8 +853,8 @@ def ppo_update(
         for step_start in range(0, batch_size, per_step):
             step_kl = []
             finite = True
-            for micro in range(config.grad_accum):
-                idx = order[step_start + micro * config.mini_batch_size : step_start + (micro + 1) * config.mini_batch_size]
+            for micro in range(config.gradient_accumulation_steps):
+                idx = order[step_start + micro * config.batch_size : step_start + (micro + 1) * config.batch_size]
                 mask = rollout.response_mask[idx]  # [b, R]
                 ids, attn, width = _trim(rollout.input_ids[idx], rollout.attention_mask[idx], mask)
                 mask = mask[:, :width]  # [b, w]
@@ -867,15 +867,15 @@ def ppo_update(
                 )
                 loss = pg_loss + config.vf_coef * vf_loss
                 finite = finite and bool(torch.isfinite(loss))
-                last_micro = micro == config.grad_accum - 1
+                last_micro = micro == config.gradient_accumulation_steps - 1
                 # DDP: average gradients across processes once, on the last micro-batch
                 with contextlib.nullcontext() if accelerator is None or last_micro else accelerator.no_sync(model):
                     if accelerator is not None:
                         # DeepSpeed divides by its accumulation steps itself unless told not to
                         extra = {"scale_wrt_gas": False} if zero_stage(accelerator) is not None else {}
-                        accelerator.backward(loss / config.grad_accum, **extra)
+                        accelerator.backward(loss / config.gradient_accumulation_steps, **extra)
                     else:
-                        (loss / config.grad_accum).backward()
+                        (loss / config.gradient_accumulation_steps).backward()
                 with torch.no_grad():
                     ratio = masked_mean(torch.exp(logprobs - rollout.logprobs[idx, :width]), mask)
                 for name, value in (("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_frac", clip_frac),
@@ -1094,7 +1094,7 @@ class PPOTrainer:
         started = time.perf_counter()
         scores, rollout.predictions = score_answers(self.task, texts, rows, config.reward)
         rollout.scores = torch.tensor(scores, dtype=torch.float32, device=input_ids.device)  # [B]
-        evaluate_rollout(self.ac, rollout, config.temperature, config.mini_batch_size, generated)
+        evaluate_rollout(self.ac, rollout, config.temperature, config.batch_size, generated)
         compute_advantages(rollout, config, self.kl_controller.value, all_sum=self._all_sum)
         rollout.seconds = {"rollout": seconds_rollout, "scoring": time.perf_counter() - started}
         return rollout

@@ -24,7 +24,7 @@ MODEL = {"parameters", "trainable_parameters", "matmul_parameters", "weight_byte
 MEMORY = {"peak_gib", "peak_rss_gib", "seconds_total", "load_average", "model"}
 EVAL_MODE = {"examples_per_s", "seconds", "accuracy", "unparseable", "peak_gib"}
 EVAL = MEMORY | {"rows", "batch_size", "mean_prompt_tokens", "generate", "score"}
-SFT = MEMORY | {"trainable_parameters", "total_parameters", "batch_size", "grad_accum", "sequences_per_step",
+SFT = MEMORY | {"trainable_parameters", "total_parameters", "batch_size", "gradient_accumulation_steps", "sequences_per_step",
                 "steps_measured", "step_seconds", "median_step_s", "steps_per_s", "tokens_per_step", "tokens_per_s"}
 PHASE = {"median_s", "peak_gib"}
 PPO = MEMORY | {"trainable_parameters", "config", "steps_measured", "step_seconds", "median_step_s", "phases",
@@ -80,8 +80,8 @@ def test_every_part_in_one_process_writes_every_field_and_prints_the_table(tmp_p
     # same work on both sides of the PPO/GRPO comparison
     assert result["grpo"]["completions_per_cycle"] == result["ppo"]["samples_per_step"]
     assert result["grpo"]["num_iterations"] == result["ppo"]["config"]["ppo_epochs"]
-    assert result["grpo"]["per_device_train_batch_size"] == result["ppo"]["config"]["mini_batch_size"]
-    assert result["sft"]["batch_size"] == result["ppo"]["config"]["mini_batch_size"]
+    assert result["grpo"]["per_device_train_batch_size"] == result["ppo"]["config"]["batch_size"]
+    assert result["sft"]["batch_size"] == result["ppo"]["config"]["batch_size"]
     # the trainable-parameter count is there (LoRA only; PPO adds the value head's H + 1)
     assert 0 < result["sft"]["trainable_parameters"] < result["sft"]["total_parameters"]
     assert result["ppo"]["trainable_parameters"] == result["sft"]["trainable_parameters"] + result["model"]["hidden_size"] + 1

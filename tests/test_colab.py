@@ -174,7 +174,7 @@ def test_checkpoints_in_the_drive_folder_resume_after_a_disconnect(monkeypatch, 
     (drive / "MyDrive").mkdir(parents=True)
     monkeypatch.chdir(colab.checkpoint_root(drive=drive))
     rows = list(data.load_split("movie-snippets", "train", limit=8))
-    config = ppo.preset("smoke", prompts_per_step=2, mini_batch_size=1, grad_accum=2, ppo_epochs=1, max_new_tokens=(2, 3))
+    config = ppo.preset("smoke", prompts_per_step=2, batch_size=1, gradient_accumulation_steps=2, ppo_epochs=1, max_new_tokens=(2, 3))
     ppo.train_ppo("tiny-random", "movie-snippets", rows, config, steps=1, output_dir="runs/manual", progress=False, device="cpu")
     checkpoint = drive / "MyDrive" / "nlu-workbook" / "runs" / "manual" / "checkpoints" / "ppo-movie-snippets"
     assert json.loads((checkpoint / "state.json").read_text())["step_count"] == 1

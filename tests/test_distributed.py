@@ -44,7 +44,7 @@ SFT_ARGS = ["--model", "tiny-random", "--device", "cpu", "--train-limit", "16", 
 # process holds them, so the two updates are the same sum.
 # A third PPO epoch that the KL guard cuts (approx. KL ~1e-3 after the second): the processes must agree on it.
 PPO_ARGS = ["--model", "tiny-random", "--device", "cpu", "--preset", "smoke", "--train-limit", "16",
-            "--mini-batch-size", "1", "--max-new-tokens", "[3, 5]", "--ppo-epochs", "3", "--target-kl", "1e-5"]
+            "--batch-size", "1", "--max-new-tokens", "[3, 5]", "--ppo-epochs", "3", "--target-kl", "1e-5"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,14 +112,14 @@ def test_two_process_sft_equals_one_process_with_the_same_global_batch(tmp_path)
 def test_two_process_ppo_resumes_and_equals_one_process_with_the_same_global_batch(tmp_path):
     started = time.perf_counter()
     two = tmp_path / "two"
-    common = [*PPO_ARGS, "--prompts-per-step", "2", "--grad-accum", "2", "--output-dir", str(two)]
+    common = [*PPO_ARGS, "--prompts-per-step", "2", "--gradient-accumulation-steps", "2", "--output-dir", str(two)]
     first = _launch("nlu_helpers.ppo", [*common, "--ppo-steps", "1"])
     assert "resuming" not in first
     assert {p.name for p in (two / "checkpoints" / "ppo-movie-snippets").glob("rng-*.pt")} == {"rng-0.pt", "rng-1.pt"}
     second = _launch("nlu_helpers.ppo", [*common, "--ppo-steps", "2", "--weights-dump", str(two / "dump")])
     assert "resuming from" in second and "(step 1)" in second
 
-    trainer = launch.main("ppo", [*PPO_ARGS, "--prompts-per-step", "4", "--grad-accum", "4", "--ppo-steps", "2",
+    trainer = launch.main("ppo", [*PPO_ARGS, "--prompts-per-step", "4", "--gradient-accumulation-steps", "4", "--ppo-steps", "2",
                                   "--output-dir", str(tmp_path / "one"), "--weights-dump", str(tmp_path / "one" / "dump")])
     ranks = _dumps(two / "dump")
     single = load_file(tmp_path / "one" / "dump" / "rank-0.safetensors")

@@ -233,7 +233,7 @@ def test_zero3_gathers_weights_for_generation_and_saving_and_nothing_else_does(m
     events: list = []
     _fake_deepspeed(monkeypatch, events)
     rows = list(data.load_split(TASK, "train", limit=8))
-    config = ppo.preset("smoke", prompts_per_step=2, mini_batch_size=1, grad_accum=2, max_new_tokens=(2, 3))
+    config = ppo.preset("smoke", prompts_per_step=2, batch_size=1, gradient_accumulation_steps=2, max_new_tokens=(2, 3))
     trainer = ppo.PPOTrainer(models.TINY_MODEL, TASK, rows, config, device="cpu")
     every = len(list(trainer.model.parameters()))
     trained = len([p for p in trainer.ac.parameters() if p.requires_grad])

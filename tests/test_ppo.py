@@ -203,7 +203,7 @@ def test_config_errors_name_the_bad_value_and_the_allowed_ones():
     assert ppo.PPOConfig.from_dict(ppo.CPU_DEMO.to_dict()) == ppo.CPU_DEMO
     # the paper's numbers
     paper = ppo.PAPER
-    assert (paper.learning_rate, paper.optimizer, paper.prompts_per_step, paper.mini_batch_size, paper.grad_accum) == (9e-6, "adafactor", 16, 8, 2)
+    assert (paper.learning_rate, paper.optimizer, paper.prompts_per_step, paper.batch_size, paper.gradient_accumulation_steps) == (9e-6, "adafactor", 16, 8, 2)
     assert (paper.ppo_epochs, paper.clip_range, paper.clip_range_value, paper.vf_coef, paper.gamma, paper.lam) == (4, 0.2, 0.2, 0.1, 1.0, 0.95)
     assert (paper.kl_coef, paper.kl_target, paper.kl_horizon, paper.max_new_tokens, paper.lora_bias) == (0.2, 6.0, 10_000, (12, 31), "none")
 
@@ -212,7 +212,7 @@ def test_config_errors_name_the_bad_value_and_the_allowed_ones():
 # The loop on the tiny model
 # ---------------------------------------------------------------------------------------
 
-SMALL = ppo.preset("smoke", prompts_per_step=4, mini_batch_size=2, grad_accum=2, ppo_epochs=1, max_new_tokens=(3, 5))
+SMALL = ppo.preset("smoke", prompts_per_step=4, batch_size=2, gradient_accumulation_steps=2, ppo_epochs=1, max_new_tokens=(3, 5))
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +268,7 @@ def test_reference_is_the_frozen_sft_policy(rows, tmp_path):
     sft.save_pretrained(tmp_path / "sft")
     sft_model = models.load_model(models.TINY_MODEL, device="cpu", adapter=tmp_path / "sft")
 
-    trainer = _trainer(rows, ppo.preset("smoke", prompts_per_step=4, mini_batch_size=2, grad_accum=2, ppo_epochs=1,
+    trainer = _trainer(rows, ppo.preset("smoke", prompts_per_step=4, batch_size=2, gradient_accumulation_steps=2, ppo_epochs=1,
                                         max_new_tokens=(3, 5), learning_rate=1e-2), sft_adapter=tmp_path / "sft")
     rollout = trainer.rollout(rows[:4], max_new_tokens=4)
     for i, ref in enumerate(_plain_logprobs(sft_model, rollout, SMALL.temperature)):
@@ -327,7 +327,7 @@ def test_guards_skip_non_finite_updates_and_stop_on_high_kl(rows):
     assert all(torch.equal(lora0[n], lora1[n]) for n in lora0) and all(torch.equal(head0[n], head1[n]) for n in head0)
     assert all(torch.isfinite(p).all() for p in trainer.policy.parameters())
 
-    strict = ppo.preset("smoke", prompts_per_step=4, mini_batch_size=1, grad_accum=1, ppo_epochs=3, learning_rate=0.5, target_kl=1e-9)
+    strict = ppo.preset("smoke", prompts_per_step=4, batch_size=1, gradient_accumulation_steps=1, ppo_epochs=3, learning_rate=0.5, target_kl=1e-9)
     trainer.config = strict
     rollout = trainer.rollout(rows[:4], max_new_tokens=3)
     stats = ppo.ppo_update(trainer.model, trainer.optimizer, rollout, strict, accelerator=trainer.accelerator)
