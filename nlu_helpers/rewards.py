@@ -50,10 +50,3 @@ def reward(task: Task | str, text: str, example: Mapping, config: RewardConfig =
         return config.unparseable
     return config.correct if prediction == gold else config.wrong
 
-
-def reward_range(task: Task | str, config: RewardConfig = PAPER) -> tuple[float, float]:
-    """The smallest and largest reward the task can give (for plots and checks)."""
-    task = get_task(task)
-    if task.kind == "regression":
-        return (min(config.regression_max - 5.0, config.regression_unparseable), config.regression_max)
-    return (min(config.wrong, config.unparseable), config.correct)

@@ -3,12 +3,15 @@
 A :class:`Task` knows where its data lives on the hub, which fields an example has,
 the paper's label words (indexed by the hub's label ids), how to render an instance
 in a prompt, the SFT target, and its official metrics. Look tasks up with
-:func:`get_task`; :data:`TASKS` holds them all by canonical name.
+:func:`get_task`; :data:`TASKS` holds them all by canonical name. A task file
+(YAML, see :mod:`nlu_helpers.taskfile`) goes wherever a task name goes:
+``get_task("my/task.yaml")``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Mapping, Sequence
@@ -20,6 +23,47 @@ Kind = Literal["classification", "regression", "record"]
 GLUE = "nyu-mll/glue"
 SUPERGLUE = "aps/super_glue"
 STANDARD_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
+DATA_FORMATS = (".csv", ".json", ".jsonl", ".parquet")  # files a custom task may read
+TASK_FILE_SUFFIXES = (".yaml", ".yml")  # a task name ending so is a task file
+TASK_FILES_ENV = "NLU_WORKBOOK_TASK_FILES"  # task files loaded so far, inherited by child processes
+
+
+class TaskFileError(ValueError):
+    """A task file, or the data it names, has problems: ``problems`` holds one line each."""
+
+    def __init__(self, path: str | os.PathLike, problems: Sequence[str]) -> None:
+        self.path, self.problems = str(path), list(problems)
+        if len(self.problems) == 1:
+            super().__init__(f"task file {self.path!r}: {self.problems[0]}")
+        else:
+            super().__init__(f"task file {self.path!r} has {len(self.problems)} problems:\n"
+                             + "\n".join(f"  - {p}" for p in self.problems))
+
+
+def label_word_problems(words: Sequence[str]) -> list[str]:
+    """Why ``words`` cannot be a task's label words (empty list: they can).
+
+    Parsing reads whole words ignoring case in lenient mode, so words must be
+    non-empty, distinct ignoring case, and free of the answer tags.
+    """
+    problems = []
+    if len(words) < 2:
+        problems.append(f"label words must be at least two, got {list(words)}")
+    seen: dict[str, str] = {}
+    for word in words:
+        if not isinstance(word, str) or not word.strip():
+            problems.append(f"label word {word!r} is empty or not text")
+            continue
+        if word != word.strip():
+            problems.append(f"label word {word!r} starts or ends with a space")
+        if prompts.JUDGEMENT_OPEN in word or prompts.JUDGEMENT_CLOSE in word:
+            problems.append(f"label word {word!r} holds an answer tag")
+        key = word.casefold()
+        if key in seen:
+            same = "is given twice" if seen[key] == word else f"and {seen[key]!r} differ only in letter case"
+            problems.append(f"label word {word!r} {same}; label words must differ ignoring case")
+        seen.setdefault(key, word)
+    return problems
 
 
 def _field(example: Mapping, task: str, *names: str):
@@ -56,8 +100,16 @@ class Task:
     group_by: tuple[str, ...] = ()  # keys of example["idx"] that form a question (MultiRC, ReCoRD)
     candidate_words: tuple[str, ...] | None = None  # ReCoRD: (wrong, right) per candidate entity
     renderer: Callable[[Mapping], str] | None = None  # overrides the field-by-field rendering
-    data_files: Mapping[str, str] | None = None  # custom tasks: split -> CSV/JSONL path
+    data_files: Mapping[str, str] | None = None  # custom tasks: split -> CSV/JSONL/Parquet path
     source_label_column: str = "label"  # custom tasks: the file's label column, renamed to "label" on load
+    label_values: tuple[str, ...] | None = None  # task files: the file's label values in label-id order
+    source: str | None = None  # task files: the file's absolute path (what another process passes to get_task)
+
+    def __post_init__(self) -> None:
+        for words in (self.label_words, self.candidate_words):
+            problems = label_word_problems(words) if words is not None else []
+            if problems:
+                raise ValueError(f"task {self.name!r}: {'; '.join(problems)}")
 
     # -- labels ---------------------------------------------------------------------
     @property
@@ -108,9 +160,6 @@ class Task:
     def target(self, example: Mapping) -> str:
         """The SFT completion without EOS: ``" Positive </Judgement>"``."""
         return prompts.answer_text(self, self.check_label(example))
-
-    def answer_text(self, label: int | float) -> str:
-        return prompts.answer_text(self, label)
 
     def hub_split(self, split: str) -> str:
         """The hub's name for one of our split names, or a clear error."""
@@ -365,10 +414,24 @@ for _task in _ALL:
     _index(_task)
 
 
-def get_task(name: str | Task) -> Task:
-    """A task by name, case-insensitive ("SST2", "superglue-rte", "axb", "AX-b")."""
+def is_task_file(name: object) -> bool:
+    """Whether ``name`` names a task file (a path ending in .yaml or .yml) rather than a task."""
+    return isinstance(name, (str, os.PathLike)) and str(name).strip().lower().endswith(TASK_FILE_SUFFIXES)
+
+
+def get_task(name: str | os.PathLike | Task) -> Task:
+    """A task by name, case-insensitive ("SST2", "superglue-rte", "axb", "AX-b"), or from a task file.
+
+    A path ending in .yaml/.yml is read, checked and registered under its ``name``
+    (see :mod:`nlu_helpers.taskfile`); later calls return the same task until the
+    file or its data change.
+    """
     if isinstance(name, Task):
         return name
+    if is_task_file(name):
+        from nlu_helpers import taskfile  # taskfile builds Tasks: imported here, not at the top
+
+        return taskfile.load_task_file(name)
     key = _normalise(str(name))
     compact = key.replace("-", "")
     for candidate in (key, compact):
@@ -377,7 +440,15 @@ def get_task(name: str | Task) -> Task:
     for alias, canonical in _ALIASES.items():
         if alias.replace("-", "") == compact:
             return TASKS[canonical]
-    raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    failures: list[str] = []
+    if os.environ.get(TASK_FILES_ENV):  # task files a parent process loaded (the runner, for a kernel)
+        from nlu_helpers import taskfile
+
+        failures = taskfile.load_listed()
+        if key in _ALIASES:
+            return TASKS[_ALIASES[key]]
+    unread = f"; task files that could not be read: {' | '.join(failures)}" if failures else ""
+    raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}{unread}")
 
 
 def register_task(
@@ -391,19 +462,22 @@ def register_task(
     metrics: Sequence[str] = ("accuracy",),
     replace: bool = False,
 ) -> Task:
-    """Add your own classification task from CSV or JSONL files, without editing the package.
+    """Add your own classification task from data files, without editing the package (in this process only).
 
-    ``data_files`` maps split names ("train", "validation", "test") to files with the
-    ``text_fields`` and an integer ``label_field`` (0..len(label_words)-1).
-    ``instruction`` is the task part of the prompt ("Task: ... Decide whether ...").
+    ``data_files`` maps split names ("train", "validation", "test") to CSV, JSON Lines
+    or Parquet files with the ``text_fields`` and an integer ``label_field``
+    (0..len(label_words)-1). ``instruction`` is the task part of the prompt
+    ("Task: ... Decide whether ..."). A task file does the same without Python and
+    also reaches notebooks and the command line: see :mod:`nlu_helpers.taskfile`.
     """
     if not data_files:
         raise ValueError("data_files is empty: give at least one split, e.g. {'train': 'train.csv'}")
     for split, path in data_files.items():
-        if Path(path).suffix.lower() not in (".csv", ".json", ".jsonl"):
-            raise ValueError(f"data file {str(path)!r} for split {split!r}: allowed formats are .csv, .json, .jsonl")
-    if len(label_words) < 2 or len(set(label_words)) != len(label_words):
-        raise ValueError(f"label_words must be at least two distinct words, got {list(label_words)}")
+        if Path(path).suffix.lower() not in DATA_FORMATS:
+            raise ValueError(f"data file {str(path)!r} for split {split!r}: allowed formats are {', '.join(DATA_FORMATS)}")
+    problems = label_word_problems(list(label_words))
+    if problems:
+        raise ValueError(f"task {name!r}: {'; '.join(problems)}")
     if not text_fields:
         raise ValueError("text_fields is empty: name the columns the prompt should show")
     key = _normalise(name)
@@ -423,3 +497,10 @@ def register_task(
     TASKS[key] = task
     _index(task)
     return task
+
+
+def check_task_file(path: str | os.PathLike) -> str:
+    """Check a task file; a report with one prompt, label counts per split and every problem."""
+    from nlu_helpers import taskfile
+
+    return taskfile.check_task_file(path)

@@ -213,3 +213,74 @@ def test_demonstration_pool_offline(snippets):
 
 
 PINNED_TEST_IDX_SHA256 = "cb125ef757ba60f84876aae45b27fbf12f2e1d780e913ea49b1264c63cf2b950"
+
+
+# -- custom files: what a hand-made file gets wrong --------------------------------------------
+
+def _custom(tmp_path, name, text, *, suffix=".csv", split="train"):
+    path = tmp_path / f"{name}{suffix}"
+    path.write_text(text, encoding="utf-8")
+    return path, register_task(f"test-data-{name}", data_files={split: path}, text_fields=["text"],
+                               label_words=["No", "Yes"], instruction="Task: say Yes or No.", replace=True)
+
+
+@pytest.mark.parametrize("suffix,text", [
+    (".csv", "text,label\nfine,1\n,0\nok,1\n"),
+    (".csv", 'text,label\nfine,1\n"   ",0\n'),
+    (".jsonl", '{"text": "fine", "label": 1}\n{"text": null, "label": 0}\n'),
+])
+def test_blank_text_is_refused_with_its_row(tmp_path, suffix, text):
+    path, task = _custom(tmp_path, "blank-text", text, suffix=suffix)
+    with pytest.raises(ValueError) as info:
+        data.load_split(task, "train")
+    assert str(path) in str(info.value) and "row 2" in str(info.value) and "'text' is blank" in str(info.value)
+
+
+@pytest.mark.parametrize("suffix,text", [(".csv", ""), (".jsonl", ""), (".csv", "\n  \n"), (".jsonl", "\n")])
+def test_empty_file_is_named(tmp_path, suffix, text):
+    path, task = _custom(tmp_path, "empty", text, suffix=suffix)
+    with pytest.raises(ValueError, match="is empty") as info:
+        data.load_split(task, "train")
+    assert str(path) in str(info.value)
+
+
+def test_header_only_file_is_an_empty_split(tmp_path):
+    path, task = _custom(tmp_path, "header-only", "text,label\n")
+    with pytest.raises(ValueError, match=r"has no rows \(split 'train' is empty\)") as info:
+        data.load_split(task, "train")
+    assert str(path) in str(info.value)
+
+
+def test_labels_written_as_whole_floats_are_label_ids(tmp_path):
+    _, task = _custom(tmp_path, "float-labels", "text,label\nfine,1.0\nbad,0.0\n")
+    assert data.load_split(task, "train")["label"] == [1, 0]
+    _, task = _custom(tmp_path, "text-labels", '{"text": "fine", "label": "1"}\n{"text": "bad", "label": 0}\n', suffix=".jsonl")
+    assert data.load_split(task, "train")["label"] == [1, 0]
+    _, task = _custom(tmp_path, "half-label", "text,label\nfine,1.0\nbad,0.5\n")
+    with pytest.raises(ValueError, match=r"row 2: .*label 0.5 is out of range"):
+        data.load_split(task, "train")
+
+
+def test_blank_label_is_reported_against_its_row(tmp_path):
+    _, task = _custom(tmp_path, "blank-label", "text,label\nfine,1\nbad,\nok,0\n")
+    with pytest.raises(ValueError) as info:
+        data.load_split(task, "train")
+    assert "row 2: the label is blank" in str(info.value)
+    assert "row 1" not in str(info.value) and "row 3" not in str(info.value)
+
+
+def test_parquet_files_and_hidden_test_labels(tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    path = tmp_path / "rows.parquet"
+    pyarrow.parquet.write_table(pyarrow.table({"text": ["fine", "bad"], "label": [1, 0]}), path)
+    hidden = tmp_path / "test.csv"
+    hidden.write_text("text\nwho knows\n", encoding="utf-8")
+    task = register_task("test-data-parquet", data_files={"train": path, "test": hidden}, text_fields=["text"],
+                         label_words=["No", "Yes"], instruction="Task: say Yes or No.", replace=True)
+    assert data.load_split(task, "train").to_list() == [{"text": "fine", "label": 1, "idx": 0}, {"text": "bad", "label": 0, "idx": 1}]
+    assert data.load_split(task, "test")["label"] == [-1]  # a test split may hide its labels, as GLUE's do
+    with pytest.raises(KeyError, match="no label column 'label'"):
+        _custom(tmp_path, "no-labels", "text\nfine\n")  # a training split may not
+        data.load_split("test-data-no-labels", "train")

@@ -7,8 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 from examples import EXAMPLES
 from nlu_helpers.parsing import parse_answer
-from nlu_helpers.rewards import RewardConfig, reward, reward_range
-from nlu_helpers.tasks import TASKS, get_task, record_candidates
+from nlu_helpers.rewards import RewardConfig, reward
+from nlu_helpers.tasks import TASKS, Task, get_task, record_candidates, register_task
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -86,8 +86,7 @@ def test_reward_values_are_configurable():
 def _allowed(name, value):
     task = get_task(name)
     if task.kind == "regression":
-        low, high = reward_range(task)
-        return low <= value <= high
+        return -2.5 <= value <= 2.5  # 2.5 - |prediction - gold| on 0..5, or -2.5 unparseable
     return value in (1.0, -1.0, -3.0)
 
 
@@ -115,3 +114,94 @@ def test_parsing_never_raises_and_returns_a_valid_label(name, text, strict):
         assert parsed is None or 0.0 <= parsed <= 5.0
     else:
         assert parsed is None or parsed in range(len(task.answer_words))
+
+
+# -- label words in any relation: one inside another, several tokens, different case ---------
+
+def _task(*words):
+    return Task(name="t-" + "-".join(w.lower().replace(" ", "") for w in words), title="t", benchmark="custom",
+                description="Task: t.", fields=(("Text", ("text",)),), label_words=words,
+                metrics=("accuracy",), main_metric="accuracy")
+
+
+SURE = _task("Sure", "Not sure")  # the shorter word first: longest match must still win
+GOOD = _task("Good", "Very Good", "Not Very Good")
+
+
+@pytest.mark.parametrize("task,text,strict,expected", [
+    (SURE, " Sure </Judgement>", True, 0),
+    (SURE, " Not sure </Judgement>", True, 1),
+    (SURE, " Not sure </Judgement>", False, 1),
+    (SURE, " not SURE", False, 1),  # lenient: no closing tag, any case
+    (SURE, " Not Sure </Judgement>", True, None),  # strict: the wrong case of "Not sure" is not "Sure"
+    (SURE, " Sure, not sure </Judgement>", False, None),  # both labels: never a guess
+    (SURE, " Not sure. Not sure. </Judgement>", True, 1),  # one label, written twice
+    (SURE, " Unsure </Judgement>", True, None),  # whole words only
+    (GOOD, " Very Good </Judgement>", True, 1),
+    (GOOD, " Not Very Good </Judgement>", True, 2),
+    (GOOD, " Good </Judgement>", True, 0),
+    (GOOD, " not very good", False, 2),
+    (GOOD, " Very Good or Good </Judgement>", True, None),
+])
+def test_label_words_inside_each_other_parse_right(task, text, strict, expected):
+    assert parse_answer(task, text, strict=strict) == expected
+
+
+def test_reward_follows_parsing_for_words_inside_each_other():
+    assert reward(SURE, " Not sure </Judgement>", {"text": "x", "label": 1}) == 1.0
+    assert reward(SURE, " Not sure </Judgement>", {"text": "x", "label": 0}) == -1.0
+    assert reward(GOOD, " Very Good </Judgement>", {"text": "x", "label": 1}) == 1.0
+    assert reward(GOOD, " Very Good </Judgement>", {"text": "x", "label": 0}) == -1.0
+
+
+@pytest.mark.parametrize("words,message", [
+    (("Yes", "yes"), "'yes' and 'Yes' differ only in letter case"),
+    (("Good", "Good"), "'Good' is given twice"),
+    (("Good", ""), "empty"),
+    (("Good", " Bad"), "space"),
+    (("Good", "Bad </Judgement>"), "answer tag"),
+    (("Good",), "at least two"),
+])
+def test_label_words_are_checked_at_registration(tmp_path, words, message):
+    with pytest.raises(ValueError, match=message) as info:
+        _task(*words)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=message):
+        register_task("t-words", data_files={"train": tmp_path / "t.csv"}, text_fields=["text"],
+                      label_words=list(words), instruction="Task: t.")
+
+
+@pytest.mark.parametrize("text,expected", [
+    (" 4.0 </Judgement>", 4.0),
+    (" 4e-1 </Judgement>", None),  # not 4 and not 1: the first number is no plain decimal
+    (" 3.5e1 </Judgement>", None),  # not 3.5
+    (" 4th </Judgement>", None),
+    (" It is 4. </Judgement>", 4.0),
+    (" Sentence2 scores 3 </Judgement>", 3.0),  # a word with a digit is no number
+    (" -1 </Judgement>", None),
+    (" +2.5 </Judgement>", 2.5),
+    (" nan </Judgement>", None),
+    (" 5.01 </Judgement>", None),
+])
+def test_stsb_reads_whole_numbers_in_range(text, expected):
+    assert parse_answer("stsb", text) == expected
+
+
+_pieces = st.sampled_from(["Good", "good", "Very", "Not", "sure", "Sure", "Option", "one", "A", "B"])
+_word_sets = st.lists(st.lists(_pieces, min_size=1, max_size=3).map(" ".join), min_size=2, max_size=4).filter(
+    lambda ws: len({w.casefold() for w in ws}) == len(ws))
+
+
+@settings(max_examples=200, deadline=None)
+@given(words=_word_sets, noise=st.sampled_from(["", " Well,", " I think"]), data=st.data())
+def test_any_label_words_parse_back_in_both_modes(words, noise, data):
+    task = _task(*words)
+    label = data.draw(st.integers(0, len(words) - 1))
+    target = task.target({"text": "x", "label": label})
+    assert parse_answer(task, target) == label
+    assert parse_answer(task, noise + target, strict=False) == label
+    assert parse_answer(task, noise + " " + words[label].upper(), strict=False) == label
+    assert reward(task, target, {"text": "x", "label": label}) == 1.0
+    text = data.draw(st.lists(st.sampled_from(words + ["</Judgement>", " ", ".", "not"]), max_size=6).map("".join))
+    for strict in (True, False):
+        assert parse_answer(task, text, strict=strict) in (None, *range(len(words)))
