@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from nlu_helpers import data, models, ppo
+from nlu_helpers import data, models, policy, ppo
 
 TASK = "movie-snippets"
 
@@ -191,14 +191,20 @@ def test_config_errors_name_the_bad_value_and_the_allowed_ones():
         ppo.PPOConfig(kl_estimator="k2")
     with pytest.raises(ValueError, match="'sgd'.*allowed: adafactor, adamw"):
         ppo.PPOConfig(optimizer="sgd")
-    with pytest.raises(ValueError, match=r"prompts_per_step \(10\).*\(8 \* 2\)"):
+    with pytest.raises(ValueError, match=r"prompts_per_step=10 .*\(8 \* 2\)"):
         ppo.PPOConfig(prompts_per_step=10)
     with pytest.raises(ValueError, match=r"max_new_tokens.*\(31, 12\)"):
         ppo.PPOConfig(max_new_tokens=(31, 12))
     with pytest.raises(ValueError, match="unknown PPO preset 'fast'.*paper, cpu-demo, smoke"):
         ppo.preset("fast")
-    with pytest.raises(ValueError, match="unknown PPOConfig fields \\['lr'\\]"):
+    with pytest.raises(ValueError, match="unknown PPOConfig field 'lr'; allowed: prompts_per_step"):
         ppo.preset("paper", lr=1e-3)
+    with pytest.raises(ValueError, match="unknown PPOConfig field 'lerning_rate'; did you mean learning_rate"):
+        ppo.preset("paper", lerning_rate=1e-3)
+    with pytest.raises(ValueError, match="'grad_accum' is now called 'gradient_accumulation_steps'"):
+        ppo.PPOConfig.from_dict({"grad_accum": 2})
+    with pytest.raises(ValueError, match=r"learning_rate=inf .*finite number > 0"):
+        ppo.PPOConfig(learning_rate=float("inf"))
     assert ppo.preset("cpu_demo") == ppo.CPU_DEMO
     assert ppo.PPOConfig.from_dict(ppo.CPU_DEMO.to_dict()) == ppo.CPU_DEMO
     # the paper's numbers
@@ -224,16 +230,23 @@ def _trainer(rows, config=SMALL, **kwargs):
     return ppo.PPOTrainer(models.TINY_MODEL, TASK, rows, config, device="cpu", **kwargs)
 
 
-def _plain_logprobs(model, rollout, temperature):
+def _plain_logprobs(model, trainer, step, temperature):
     """Log-probs of each answer computed row by row, unpadded, with the plain HF forward."""
     out = []
-    for i in range(len(rollout.rows)):
-        ids = rollout.input_ids[i][rollout.attention_mask[i].bool()][None]  # prompt + answer, no padding
-        n = int(rollout.response_mask[i].sum())
+    for i, row in enumerate(step.rows):
+        n = int(step.response_mask[i].sum())
+        prompt = trainer.tokenizer(trainer.task.build_prompt(row), return_tensors="pt")["input_ids"]
+        ids = torch.cat([prompt, step.response_ids[i:i + 1, :n]], dim=1)  # prompt + answer, no padding
         with torch.no_grad():
-            logits = model(input_ids=ids).logits[0, -n - 1 : -1].float() / temperature
+            logits = model(input_ids=ids).logits[0, -n - 1: -1].float() / temperature
         out.append(torch.log_softmax(logits, -1).gather(-1, ids[0, -n:, None]).squeeze(-1))
     return out
+
+
+def _look(trainer, rows, max_new_tokens):
+    """One rollout without an update: the tensors the step would learn from."""
+    trainer.step(rows, max_new_tokens=max_new_tokens, learn=False)
+    return trainer.last_step
 
 
 def _randomise_lora(policy, seed=1):
@@ -247,17 +260,18 @@ def _randomise_lora(policy, seed=1):
 def test_reference_is_the_adapter_free_model_and_batching_changes_nothing(rows):
     trainer = _trainer(rows)
     _randomise_lora(trainer.policy)  # a fresh LoRA is a no-op; make it matter
-    rollout = trainer.rollout(rows[:4], max_new_tokens=4)
+    step = _look(trainer, rows[:4], 4)
     base = models.load_model(models.TINY_MODEL, device="cpu")
-    plain_ref = _plain_logprobs(base, rollout, SMALL.temperature)
-    plain_policy = _plain_logprobs(trainer.policy, rollout, SMALL.temperature)
+    plain_ref = _plain_logprobs(base, trainer, step, SMALL.temperature)
+    plain_policy = _plain_logprobs(trainer.policy, trainer, step, SMALL.temperature)
     for i, (ref, pol) in enumerate(zip(plain_ref, plain_policy)):
         n = len(ref)
-        torch.testing.assert_close(rollout.ref_logprobs[i, :n], ref, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(rollout.logprobs[i, :n], pol, atol=1e-4, rtol=1e-4)  # padded batch == one by one
-        assert (rollout.ref_logprobs[i, :n] - pol).abs().max() > 1e-3  # the adapter does change the policy
-    assert rollout.response_mask.sum(1).max() <= 4
-    assert all(isinstance(t, str) for t in rollout.texts)
+        torch.testing.assert_close(step.ref_logprobs[i, :n], ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(step.logprobs[i, :n], pol, atol=1e-4, rtol=1e-4)  # padded batch == one by one
+        assert (step.ref_logprobs[i, :n] - pol).abs().max() > 1e-3  # the adapter does change the policy
+    assert step.response_mask.sum(1).max() <= 4
+    assert all(isinstance(t, str) for t in step.texts)
+    assert trainer.step_count == 0 and not trainer.history  # looking changed nothing
 
 
 def test_reference_is_the_frozen_sft_policy(rows, tmp_path):
@@ -270,21 +284,21 @@ def test_reference_is_the_frozen_sft_policy(rows, tmp_path):
 
     trainer = _trainer(rows, ppo.preset("smoke", prompts_per_step=4, batch_size=2, gradient_accumulation_steps=2, ppo_epochs=1,
                                         max_new_tokens=(3, 5), learning_rate=1e-2), sft_adapter=tmp_path / "sft")
-    rollout = trainer.rollout(rows[:4], max_new_tokens=4)
-    for i, ref in enumerate(_plain_logprobs(sft_model, rollout, SMALL.temperature)):
-        torch.testing.assert_close(rollout.ref_logprobs[i, : len(ref)], ref, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(rollout.logprobs[i, : len(ref)], ref, atol=1e-4, rtol=1e-4)  # PPO starts at SFT
+    step = _look(trainer, rows[:4], 4)
+    for i, ref in enumerate(_plain_logprobs(sft_model, trainer, step, SMALL.temperature)):
+        torch.testing.assert_close(step.ref_logprobs[i, : len(ref)], ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(step.logprobs[i, : len(ref)], ref, atol=1e-4, rtol=1e-4)  # PPO starts at SFT
     trainer.step()
-    after = trainer.rollout(rows[:4], max_new_tokens=4)
-    plain_sft = _plain_logprobs(sft_model, after, SMALL.temperature)
-    plain_policy = _plain_logprobs(trainer.policy, after, SMALL.temperature)
+    after = _look(trainer, rows[:4], 4)
+    plain_sft = _plain_logprobs(sft_model, trainer, after, SMALL.temperature)
+    plain_policy = _plain_logprobs(trainer.policy, trainer, after, SMALL.temperature)
     moved = 0.0
     for i, (ref, pol) in enumerate(zip(plain_sft, plain_policy)):
         torch.testing.assert_close(after.ref_logprobs[i, : len(ref)], ref, atol=1e-4, rtol=1e-4)  # reference frozen
         moved = max(moved, float((pol - ref).abs().max()))
     assert moved > 1e-4  # while the policy moved
-    assert trainer.policy.active_adapter == ppo.POLICY_ADAPTER
-    assert not any(p.requires_grad for n, p in trainer.policy.named_parameters() if ppo.REFERENCE_ADAPTER in n)
+    assert trainer.policy.active_adapter == policy.POLICY_ADAPTER
+    assert not any(p.requires_grad for n, p in trainer.policy.named_parameters() if policy.REFERENCE_ADAPTER in n)
 
 
 def _snapshot(trainer):
@@ -301,7 +315,8 @@ def test_ppo_steps_train_the_adapter_and_value_head_not_the_base(rows, tmp_path)
     lora1, base1, head1 = _snapshot(trainer)
     assert len(history) == 2 and [r["step"] for r in history] == [1, 2]
     for key in ("reward", "accuracy", "unparseable", "kl", "kl_coef", "entropy", "policy_loss", "value_loss", "clip_frac",
-                "approx_kl", "explained_variance", "response_length", "seconds_rollout", "seconds_scoring", "seconds_update"):
+                "approx_kl", "explained_variance", "response_length", "seconds_rollout", "seconds_reward", "seconds_reference",
+                "seconds_advantages", "seconds_scoring", "seconds_update"):
         assert key in history[-1], key
     assert all(torch.equal(base0[n], base1[n]) for n in base0)
     assert any(not torch.equal(lora0[n], lora1[n]) for n in lora0)
@@ -310,28 +325,43 @@ def test_ppo_steps_train_the_adapter_and_value_head_not_the_base(rows, tmp_path)
     # the saved adapter is the policy
     path = trainer.save_adapter(tmp_path / "ppo")
     assert (path / "adapter_config.json").is_file() and (path / "training.json").is_file()
+    assert (path / "value_head.safetensors").is_file()
     loaded = models.load_model(models.TINY_MODEL, device="cpu", adapter=path)
-    rollout = trainer.rollout(rows[:2], max_new_tokens=3)
-    for i, lp in enumerate(_plain_logprobs(loaded, rollout, SMALL.temperature)):
-        torch.testing.assert_close(rollout.logprobs[i, : len(lp)], lp, atol=1e-4, rtol=1e-4)
+    step = _look(trainer, rows[:2], 3)
+    for i, lp in enumerate(_plain_logprobs(loaded, trainer, step, SMALL.temperature)):
+        torch.testing.assert_close(step.logprobs[i, : len(lp)], lp, atol=1e-4, rtol=1e-4)
 
 
-def test_guards_skip_non_finite_updates_and_stop_on_high_kl(rows):
+def test_non_finite_weights_roll_back_and_a_diverging_run_stops_without_saving(rows, tmp_path):
     trainer = _trainer(rows)
-    rollout = trainer.rollout(rows[:4], max_new_tokens=3)
     lora0, _, head0 = _snapshot(trainer)
-    rollout.advantages = torch.full_like(rollout.advantages, float("nan"))
-    stats = ppo.ppo_update(trainer.model, trainer.optimizer, rollout, trainer.config, accelerator=trainer.accelerator)
-    assert stats["skipped_updates"] == 1  # one optimizer step per epoch here; it was skipped
+    real_step = trainer.optimizer.step
+
+    def blow_up(*args, **kwargs):  # an optimizer step that leaves NaN in the adapter, as lr=inf would
+        real_step(*args, **kwargs)
+        with torch.no_grad():
+            next(p for n, p in trainer.policy.named_parameters() if "lora_B" in n).fill_(float("nan"))
+
+    trainer.optimizer.step = blow_up
+    row = trainer.step()
+    assert row["skipped_updates"] == 1  # the batch's one optimizer step, rolled back
     lora1, _, head1 = _snapshot(trainer)
     assert all(torch.equal(lora0[n], lora1[n]) for n in lora0) and all(torch.equal(head0[n], head1[n]) for n in head0)
     assert all(torch.isfinite(p).all() for p in trainer.policy.parameters())
+    with pytest.raises(ppo.TrainingDiverged, match="skipped 4 optimizer steps.*max_skipped_updates=3"):
+        trainer.train(5, progress=False)
 
+    # a learning rate that blows up: a clear error, and no adapter with NaN on disk
+    with pytest.raises(ppo.TrainingDiverged, match="Lower the learning rate"):
+        ppo.train_ppo(models.TINY_MODEL, TASK, rows, ppo.preset("smoke", learning_rate=1e30), steps=8, output_dir=tmp_path,
+                      progress=False, device="cpu")
+    assert not (tmp_path / "adapters").exists()
+
+
+def test_target_kl_stops_the_epochs_early(rows):
     strict = ppo.preset("smoke", prompts_per_step=4, batch_size=1, gradient_accumulation_steps=1, ppo_epochs=3, learning_rate=0.5, target_kl=1e-9)
-    trainer.config = strict
-    rollout = trainer.rollout(rows[:4], max_new_tokens=3)
-    stats = ppo.ppo_update(trainer.model, trainer.optimizer, rollout, strict, accelerator=trainer.accelerator)
-    assert stats["early_stopped"] == 1
+    row = _trainer(rows, strict).step()
+    assert row["early_stopped"] == 1
 
 
 def test_an_interrupted_run_resumes_exactly(rows, tmp_path):
@@ -356,13 +386,20 @@ def test_an_interrupted_run_resumes_exactly(rows, tmp_path):
     assert [r["reward"] for r in uninterrupted.history] == [r["reward"] for r in resumed.history]
     assert uninterrupted.kl_controller.value == pytest.approx(resumed.kl_controller.value)
     assert (uninterrupted.data_pass, uninterrupted.position) == (resumed.data_pass, resumed.position)
+    # the checkpoint holds the adapter and the value head, not the frozen base model
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "ckpt" / "model.safetensors"), "pt") as handle:
+        assert all("lora_" in k or "value_head" in k for k in handle.keys())
 
     with pytest.raises(ValueError, match="another PPOConfig"):
         _trainer(rows, ppo.preset("smoke")).load_checkpoint(tmp_path / "ckpt")
 
 
 def test_grpo_reward_function_maps_completions_and_columns_to_the_reward_table():
-    reward_fn = ppo.grpo_reward_function(TASK)
+    from nlu_helpers import grpo
+
+    reward_fn = grpo.grpo_reward_function(TASK)
     logged = {}
     scores = reward_fn(
         prompts=["p"] * 4,
@@ -376,14 +413,18 @@ def test_grpo_reward_function_maps_completions_and_columns_to_the_reward_table()
 
 
 def test_policy_figures_from_sampling_equal_a_second_forward_pass(rows):
-    """The rollout takes the policy's log-probs, entropy and values from the states sampling
+    """The step takes the policy's log-probs, entropy and values from the states generation
     computed (no second pass over the batch); a full forward pass gives the same numbers."""
     trainer = _trainer(rows)
     _randomise_lora(trainer.policy)
     with torch.no_grad():
         trainer.ac.value_head.linear.weight.normal_()  # a zero head would hide a misaligned state
-    rollout = trainer.rollout(rows[:4], max_new_tokens=5)
-    from_sampling = {k: getattr(rollout, k).clone() for k in ("logprobs", "entropy", "values", "ref_logprobs")}
-    ppo.evaluate_rollout(trainer.ac, rollout, trainer.config.temperature, batch_size=3)  # the policy run again
-    for name, tensor in from_sampling.items():
-        torch.testing.assert_close(tensor, getattr(rollout, name), atol=1e-4, rtol=1e-4, msg=name)
+    step = _look(trainer, rows[:4], 5)
+    for i, row in enumerate(step.rows):
+        n = int(step.response_mask[i].sum())
+        prompt = trainer.tokenizer(trainer.task.build_prompt(row), return_tensors="pt")["input_ids"]
+        ids = torch.cat([prompt, step.response_ids[i:i + 1, :n]], dim=1)
+        with torch.no_grad():
+            logprobs, _, values = trainer.ac(ids, torch.ones_like(ids), n, SMALL.temperature)
+        torch.testing.assert_close(step.logprobs[i, :n], logprobs[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(step.values[i, :n], values[0], atol=1e-4, rtol=1e-4)
