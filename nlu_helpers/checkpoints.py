@@ -56,6 +56,19 @@ def keep_trainable(models: list, weights: list, _output_dir: str) -> None:
         weights[i] = {name: tensor for name, tensor in state.items() if name in keep}
 
 
+def check_writable(folder: str | os.PathLike) -> Path:
+    """``folder``, created if needed, after proving a file can be written there: before training, not after."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise OSError(f"cannot write to {folder} ({error.strerror or error}); choose another output folder") from None
+    return folder
+
+
 def find(path: str | os.PathLike) -> Path | None:
     """The checkpoint at ``path``, or the one a kill left as ``<path>.old`` (moved back), or None."""
     path = Path(path)

@@ -140,6 +140,8 @@ def train_ppo(model: str, task: str | Task, train_rows: Sequence[Mapping] | Any,
     train to ``steps`` and save the adapter to ``<output_dir>/adapters/ppo-<task>``."""
     from nlu_helpers.ppo import PAPER, PPOTrainer
 
+    if output_dir is not None:
+        checkpoints.check_writable(output_dir)  # fail now, not after hours of training
     trainer = PPOTrainer(model, task, train_rows, config or PAPER, sft_adapter=sft_adapter, device=device, accelerator=accelerator)
     checkpoint = Path(output_dir) / "checkpoints" / f"ppo-{trainer.task.name}" if output_dir is not None else None
     if checkpoint is not None and resume and checkpoints.find(checkpoint) is not None:
