@@ -55,7 +55,9 @@ import torch
 from nlu_helpers import assets
 from nlu_helpers import metrics as metrics_lib
 from nlu_helpers.evaluation import EvalResult, bootstrap_ci, label_share, library_versions
-from nlu_helpers.models import MARKER, _building, _publish, _quiet, _read_marker, build_random_copy, pick_device, resolve_model
+from nlu_helpers.models import (
+    MARKER, _building, _publish, _quiet, _read_marker, build_random_copy, hub_options, native_bf16, pick_device, resolve_model,
+)
 from nlu_helpers.tasks import Task, _field, get_task
 
 OFFLINE_ENCODER = "minilm-l6"
@@ -259,7 +261,10 @@ def _load(task: Task, encoder: str):
 
     source = resolve_encoder(encoder)
     local = Path(source).is_dir()
-    options: dict[str, Any] = {}
+    hub = hub_options(source, alternatives=(OFFLINE_ENCODER, TINY_ENCODER))  # no hub, not cached: fails here, at once
+    options: dict[str, Any] = dict(hub)
+    if hub.get("local_files_only"):  # the Auto class's adapter lookup ignores local_files_only (transformers 5.24)
+        options["adapter_kwargs"] = {"local_files_only": True}
     if not is_multiple_choice(task):
         if task.kind == "regression":
             options.update(num_labels=1, problem_type="regression")
@@ -272,7 +277,7 @@ def _load(task: Task, encoder: str):
     auto = AutoModelForMultipleChoice if is_multiple_choice(task) else AutoModelForSequenceClassification
     try:
         with _quiet(progress_bars=not local):
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source, **hub)
             model = auto.from_pretrained(source, dtype=torch.float32, **options)
     except OSError as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -284,9 +289,10 @@ def _load(task: Task, encoder: str):
 
 
 def _precision(device: torch.device) -> str:
+    """Mixed precision for the Trainer: bf16 only where it is native (not emulated, as on a T4)."""
     if device.type != "cuda":
         return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if native_bf16() else "fp16"
 
 
 @dataclass

@@ -288,6 +288,77 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
     return name
 
 
+# --------------------------------------------------------------------------- the hub
+
+HUB_PROBE_SECONDS = 5.0  # a reachable hub answers a HEAD in well under a second
+_probes: dict[str, tuple[float, str | None]] = {}  # endpoint -> (when, why unreachable or None)
+
+
+class HubUnreachable(OSError):
+    """A hub model is asked for, the hub can't be reached (or offline mode is on) and the model
+    is not in the local cache. Raised at once, instead of after ~50 s of download retries."""
+
+
+def _hub_problem(endpoint: str) -> str | None:
+    """Why ``endpoint`` can't be reached (one HEAD, no retries), or None when it answers.
+
+    Any HTTP answer, even an error status, means reachable. The result is kept for a
+    minute, so loading a tokenizer and then its model probes once.
+    """
+    import time
+
+    from huggingface_hub import get_session
+
+    now = time.monotonic()
+    if endpoint in _probes and now - _probes[endpoint][0] < 60:
+        return _probes[endpoint][1]
+    try:
+        get_session().head(endpoint, timeout=HUB_PROBE_SECONDS)
+        problem = None
+    except Exception as error:  # noqa: BLE001 - the session's error classes depend on the hub's HTTP library
+        problem = f"{type(error).__name__}: {error}".strip()
+    _probes[endpoint] = (now, problem)
+    return problem
+
+
+def hub_options(source: str, alternatives: tuple[str, ...] = (EMBEDDED_MODEL, TINY_MODEL)) -> dict[str, Any]:
+    """``from_pretrained`` options for ``source`` (what :func:`resolve_model` returned).
+
+    A folder, or a hub id while the hub answers: none. Hub unreachable but the model in the
+    local Hugging Face cache: ``local_files_only=True`` (loads in seconds, with a note). Not
+    cached, and the hub unreachable or ``HF_HUB_OFFLINE=1``: :class:`HubUnreachable` naming the
+    model and the ways to work offline, rather than ~50 s of retries and an error that names
+    neither. ``alternatives``: the names that need no hub, offered in that error.
+    """
+    if Path(source).is_dir():
+        return {}
+    from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(source, "config.json"), str)
+    offline_ways = (
+        f"to work offline use {', '.join(map(repr, alternatives))} (no hub needed) or a local model folder; "
+        f"or download {source!r} once where the hub is reachable and then set HF_HUB_OFFLINE=1"
+    )
+    if is_offline_mode():
+        if cached:
+            return {}
+        raise HubUnreachable(
+            f"model {source!r} is a hub id, HF_HUB_OFFLINE=1 forbids downloading and it is not in the "
+            f"local Hugging Face cache ({constants.HF_HUB_CACHE}); {offline_ways}"
+        )
+    problem = _hub_problem(constants.ENDPOINT)
+    if problem is None:
+        return {}
+    if cached:
+        print(f"The Hugging Face hub ({constants.ENDPOINT}) is unreachable; loading {source!r} from the local cache.",
+              flush=True)
+        return {"local_files_only": True}
+    raise HubUnreachable(
+        f"model {source!r} is a hub id, the Hugging Face hub ({constants.ENDPOINT}) can't be reached "
+        f"({problem}) and the model is not in the local cache; {offline_ways}"
+    )
+
+
 def _identity(name_or_path: str | os.PathLike) -> str:
     """A comparable identity for a base model, without building or downloading anything.
 
@@ -350,8 +421,13 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return chosen
 
 
-def _bf16_on_cuda() -> bool:
-    """Native bf16 only: torch also says yes on a T4 (emulated, several times slower than fp16)."""
+def native_bf16() -> bool:
+    """A GPU with native bf16: CUDA compute capability 8.0 or newer (A100, L4, H100, RTX 30xx+), or ROCm.
+
+    ``torch.cuda.is_bf16_supported()`` also says yes on a T4 (7.5), where bf16 is emulated and
+    several times slower than fp16; ``including_emulation=False`` is torch's capability >= 8 check.
+    Every bf16/fp16 choice in the package (models, encoder) asks this one helper.
+    """
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
@@ -369,7 +445,7 @@ def pick_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device | N
         return chosen
     where = pick_device(device if device is not None else "auto")
     if where.type == "cuda":
-        return torch.bfloat16 if _bf16_on_cuda() else torch.float16
+        return torch.bfloat16 if native_bf16() else torch.float16
     return torch.float32
 
 
@@ -395,7 +471,7 @@ def describe_hardware() -> dict[str, Any]:
         "cuda": cuda,
         "name": name,
         "memory_gib": round(memory / 2**30, 1) if memory else None,
-        "bf16": _bf16_on_cuda(),
+        "bf16": native_bf16(),
         "gpu_count": torch.cuda.device_count() if cuda else 0,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -416,8 +492,9 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, padding_side: str = "left
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side {padding_side!r} is not one of 'left', 'right'")
     source = resolve_model(name_or_path)
+    options = hub_options(source)
     with _quiet(progress_bars=not Path(source).is_dir()):
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer of {os.fspath(name_or_path)!r} has neither a pad nor an eos token")
@@ -442,7 +519,7 @@ def _four_bit_config(device: torch.device, dtype: torch.dtype) -> Any:
     from transformers import BitsAndBytesConfig
 
     compute = dtype if dtype in (torch.bfloat16, torch.float16) else (
-        torch.bfloat16 if _bf16_on_cuda() else torch.float16
+        torch.bfloat16 if native_bf16() else torch.float16
     )
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -483,6 +560,9 @@ def load_model(
         precision = extra["quantization_config"].bnb_4bit_compute_dtype
 
     source = resolve_model(name_or_path)
+    extra.update(hub_options(source))
+    if extra.get("local_files_only"):  # the Auto class's adapter lookup ignores local_files_only (transformers 5.24)
+        extra["adapter_kwargs"] = {"local_files_only": True}
     with _quiet(progress_bars=not Path(source).is_dir()):
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=precision, attn_implementation=attn_implementation, **extra

@@ -8,10 +8,18 @@ A profile is a YAML parameter set shipped in ``nlu_helpers/profiles/``: ``parame
 go to every notebook that declares them, ``notebooks.<name>`` to one notebook. A failed
 notebook stops the run with the notebook, cell and error named; what finished is kept
 and ``--resume RUN_DIR`` continues from the first unfinished notebook.
+
+A run folder remembers the profile, the ``-p`` parameters and the package version it was
+made with (``run.json``). Running into it with other ones is refused, naming the
+differences: its finished notebooks would otherwise be reported as results of settings
+they never ran with. ``--force`` runs the first notebook whose parameters changed, and
+every notebook after it, again (their earlier outputs are deleted first). Parameter names
+are checked against the notebooks' ``parameters`` cells before anything runs.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 import time
@@ -24,6 +32,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
+RUNNER_PARAMETERS = {"tasks": "the runner runs task notebooks once per task"}  # read by the runner, not a notebook
+SET_BY_RUNNER = {"profile": "--profile", "output_dir": "--output"}
+BOOKKEEPING = ("run.json", "report.md")  # the runner's own files in a run folder, never a notebook's output
 
 
 class RunFailed(RuntimeError):
@@ -116,6 +127,103 @@ def work_items(paths: Sequence[Path], profile: Mapping, overrides: Mapping) -> l
     return items
 
 
+def known_parameters(folder: Path | None = None) -> set[str]:
+    """Every name a ``-p`` may set: the parameters the notebooks declare, plus the runner's own."""
+    import papermill
+
+    declared = set().union(*(papermill.inspect_notebook(str(p)) for p in notebook_paths(folder or NOTEBOOKS)))
+    return (declared | set(RUNNER_PARAMETERS)) - set(SET_BY_RUNNER)
+
+
+def check_overrides(overrides: Mapping[str, Any], known: set[str]) -> None:
+    """Refuse a parameter no notebook declares (papermill would drop it without a word), naming the closest."""
+    for name in overrides:
+        if name in SET_BY_RUNNER:
+            raise ValueError(f"parameter {name!r} is set by the runner; use {SET_BY_RUNNER[name]}")
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"known: {', '.join(sorted(known))}"
+            raise ValueError(f"unknown parameter {name!r}: no notebook declares it; {hint}")
+
+
+def _version() -> str:
+    from nlu_helpers import __version__
+
+    return __version__
+
+
+def _json(value: Any) -> Any:
+    """``value`` as it reads back from run.json (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(value))
+
+
+_UNSET = object()  # a parameter one side does not set
+
+
+def _show(value: Any) -> str:
+    return "(not set)" if value is _UNSET else repr(value)
+
+
+def _changed_values(before: Mapping, now: Mapping, prefix: str = "") -> list[str]:
+    """``"<prefix>key: old -> new"`` for every key whose value differs (as run.json holds them)."""
+    before, now = _json(dict(before)), _json(dict(now))
+    return [f"{prefix}{key}: {_show(before.get(key, _UNSET))} -> {_show(now.get(key, _UNSET))}"
+            for key in sorted(set(before) | set(now)) if before.get(key, _UNSET) != now.get(key, _UNSET)]
+
+
+def _differences(status: Mapping, profile_name: str, overrides: Mapping, version: str) -> list[str]:
+    """What differs between the run folder's settings and the ones asked for, one phrase each."""
+    found = []
+    if status.get("profile") != profile_name:
+        found.append(f"profile {status.get('profile')!r} -> {profile_name!r}")
+    found += _changed_values(status.get("overrides", {}), overrides, "-p ")
+    if status.get("version") not in (None, version):  # None: a folder made before versions were recorded
+        found.append(f"package version {status['version']!r} -> {version!r}")
+    return found
+
+
+def _changed_from(status: Mapping, wanted: Mapping[str, dict], selected: set[str], version: str) -> tuple[str | None, list[str]]:
+    """The first notebook entry (in run order) that ran with other parameters than ``wanted`` gives
+    now, or whose task left the list, with its parameters' differences; ``(None, [])`` when every
+    recorded entry still holds."""
+    for key, entry in status.get("notebooks", {}).items():
+        if key.split(":", 1)[0] not in selected:
+            continue  # not selected this time (--only/--skip): nothing to compare with
+        ran_with = {k: v for k, v in entry.get("parameters", {}).items() if k != "output_dir"}
+        if status.get("version") not in (None, version) or key not in wanted or _json(wanted[key]) != ran_with:
+            return key, _changed_values(ran_with, wanted.get(key, {}))
+    return None, []
+
+
+def _files(run_dir: Path) -> dict[str, int]:
+    """Every file under the run folder (relative path -> mtime in ns), to see what a notebook wrote."""
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("*")
+            if p.is_file() and p.name not in BOOKKEEPING}
+
+
+def _written(run_dir: Path, before: Mapping[str, int]) -> list[str]:
+    """The files that are new or changed since ``before`` (what one notebook wrote)."""
+    return sorted(name for name, mtime in _files(run_dir).items() if before.get(name) != mtime)
+
+
+def _forget(run_dir: Path, status: dict, first: str) -> list[str]:
+    """Drop ``first`` and every entry after it from the status and delete the files they wrote."""
+    keys = list(status["notebooks"])
+    dropped = keys[keys.index(first):]
+    kept = {name for key in keys[:keys.index(first)] for name in status["notebooks"][key].get("outputs", [])}
+    for key in dropped:
+        for name in set(status["notebooks"].pop(key).get("outputs", [])) - kept:
+            path = (run_dir / name).resolve()
+            if run_dir.resolve() not in path.parents:
+                continue  # run.json names only files inside the folder; never delete anything else
+            path.unlink(missing_ok=True)
+            for folder in path.parents:  # folders the notebook's files leave empty
+                if folder == run_dir.resolve() or not folder.is_dir() or any(folder.iterdir()):
+                    break
+                folder.rmdir()
+    return dropped
+
+
 def _status(run_dir: Path) -> dict:
     path = run_dir / "run.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -135,14 +243,17 @@ def run(
     only: Sequence[str] | None = None,
     skip: Sequence[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-    notebooks_folder: Path = NOTEBOOKS,
+    notebooks_folder: Path | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
-    """Execute the notebooks; returns the run folder. Raises ``RunFailed`` on the first failure."""
+    """Execute the notebooks; returns the run folder. Raises ``RunFailed`` on the first failure and
+    ``ValueError`` on bad settings, or on a folder made with other ones unless ``force``."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
     from tqdm.auto import tqdm
 
+    notebooks_folder = notebooks_folder or NOTEBOOKS  # read at call time: tests point it elsewhere
     if resume is not None:
         run_dir = Path(resume)
         status = _status(run_dir)
@@ -154,20 +265,49 @@ def run(
         skip = skip or status.get("skip")
     profile = load_profile(profile_name)
     overrides = dict(overrides or {})
+    from nlu_helpers.tasks import get_task, is_task_file
+
+    if is_task_file(overrides.get("task")):  # kernels run in the run folder: give them the file's absolute path
+        overrides["task"] = get_task(overrides["task"]).source
+    check_overrides(overrides, known_parameters(notebooks_folder))
     paths = select(notebook_paths(notebooks_folder), only, skip)
     if not paths:
         raise ValueError("no notebook left to run after --only/--skip")
     if run_dir is None:
         run_dir = REPO_ROOT / "runs" / f"{datetime.now():%Y%m%d-%H%M%S}-{profile_name}"
     run_dir = Path(run_dir).resolve()
+    items = work_items(paths, profile, overrides)
+    version = _version()
+    status = _status(run_dir)
+    if status:  # a folder made before: the same settings, or --force
+        differences = _differences(status, profile_name, overrides, version)
+        wanted = {}  # what each notebook would receive now (output_dir aside: a moved folder is the same run)
+        for path, task, key in items:
+            params = parameters_for(path, profile_name, profile, {**overrides, **({"task": task} if task else {})}, run_dir)
+            wanted[key] = {k: v for k, v in params.items() if k != "output_dir"}
+        first, changed = _changed_from(status, wanted, {p.stem for p in paths}, version)
+        if first and not differences:  # same settings, other parameters: the profile or the notebook was edited
+            differences = [f"{first} ran with other parameters than it gets now ({', '.join(changed) or 'not in the task list'})"]
+        if differences and not force:
+            again = (f"--force to run {first} and every notebook after it again" if first
+                     else "--force to go on with the new settings (no finished notebook ran with other parameters)")
+            raise ValueError(f"{run_dir} was made with other settings ({'; '.join(differences)}); use another --output "
+                             f"folder, --resume {run_dir} to go on with its own settings, or {again}")
+        if first:
+            dropped = _forget(run_dir, status, first)
+            status.setdefault("changes", []).append({
+                "at": datetime.now().isoformat(timespec="seconds"), "differences": differences, "run_again": dropped})
+        status.update(profile=profile_name, overrides=overrides, version=version)
+        status.pop("finished", None)
+    else:
+        status = {
+            "profile": profile_name, "started": datetime.now().isoformat(timespec="seconds"), "version": version,
+            "overrides": overrides, "only": list(only or []), "skip": list(skip or []), "notebooks": {},
+        }
     run_dir.mkdir(parents=True, exist_ok=True)
-    status = _status(run_dir) or {
-        "profile": profile_name, "started": datetime.now().isoformat(timespec="seconds"),
-        "overrides": overrides, "only": list(only or []), "skip": list(skip or []), "notebooks": {},
-    }
+    status["ran"] = []  # what this invocation ran (the command line reports it)
     _write_status(run_dir, status)
 
-    items = work_items(paths, profile, overrides)
     bar = tqdm(items, desc=f"workbook ({profile_name})", unit="notebook", disable=not progress)
     for path, task, key in bar:
         entry = status["notebooks"].get(key, {})
@@ -177,7 +317,9 @@ def run(
         params = parameters_for(path, profile_name, profile, {**overrides, **({"task": task} if task else {})}, run_dir)
         executed = run_dir / (path.name if task is None else f"{path.stem}-{task}.ipynb")
         start = time.perf_counter()
+        before = _files(run_dir)
         status["notebooks"][key] = {"status": "running", "parameters": params}
+        status["ran"].append(key)
         _write_status(run_dir, status)
         try:
             papermill.execute_notebook(
@@ -188,13 +330,15 @@ def run(
             status["notebooks"][key] = {
                 "status": "failed", "seconds": round(time.perf_counter() - start, 1),
                 "cell": error.exec_count, "error": f"{error.ename}: {error.evalue}", "parameters": params,
+                "outputs": _written(run_dir, before),
             }
             _write_status(run_dir, status)
             raise RunFailed(
                 f"{path.name}{f' (task {task})' if task else ''} failed in cell {error.exec_count}: {error.ename}: "
                 f"{error.evalue} (executed notebook: {executed}; continue with --resume {run_dir})"
             ) from None
-        status["notebooks"][key] = {"status": "done", "seconds": round(time.perf_counter() - start, 1), "parameters": params}
+        status["notebooks"][key] = {"status": "done", "seconds": round(time.perf_counter() - start, 1), "parameters": params,
+                                    "outputs": _written(run_dir, before)}
         _write_status(run_dir, status)
     status["finished"] = datetime.now().isoformat(timespec="seconds")
     _write_status(run_dir, status)
@@ -234,15 +378,22 @@ def write_report(run_dir: Path) -> Path:
 
 
 def main(args) -> int:
-    """The ``run`` command (arguments parsed in ``nlu_helpers.__main__``)."""
+    """The ``run`` command (arguments parsed in ``nlu_helpers.cli``): 0 done, 1 a notebook failed,
+    2 bad settings (an unknown parameter, a folder made with other settings and no ``--force``)."""
     try:
         run_dir = run(
             args.profile, run_dir=Path(args.output) if args.output else None,
             resume=Path(args.resume) if args.resume else None, only=args.only, skip=args.skip,
-            overrides=parse_overrides(args.param),
+            overrides=parse_overrides(args.param), force=getattr(args, "force", False),
         )
-    except (RunFailed, ValueError) as error:
+    except RunFailed as error:
         print(f"run: {error}", file=sys.stderr)
         return 1
-    print(f"run: done; report at {run_dir / 'report.md'}")
+    except ValueError as error:
+        print(f"run: {error}", file=sys.stderr)
+        return 2
+    status = _status(run_dir)
+    ran, done = len(status.get("ran", [])), sum(e["status"] == "done" for e in status["notebooks"].values())
+    what = f"ran {ran} notebook(s), {done - ran} already done here" if ran else "nothing to run: every notebook was already done here with these settings"
+    print(f"run: done ({what}); report at {run_dir / 'report.md'}")
     return 0

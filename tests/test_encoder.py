@@ -124,3 +124,25 @@ def test_offline_minilm_folder_loads_without_the_hub():
     batch = tokenizer(["a gorgeous, witty film", "dull."], return_tensors="pt", padding=True)
     with torch.no_grad():
         assert model(**batch).logits.shape == (2, 2)
+
+
+def test_mixed_precision_is_bf16_only_where_it_is_native(monkeypatch):
+    """A T4 (compute capability 7.5) emulates bf16 and torch.cuda.is_bf16_supported() says yes: fp16 there."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, expected in (((7, 5), "fp16"), ((8, 0), "bf16")):  # torch's answers on such a GPU
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True, native=capability >= (8, 0): including_emulation or native)
+        assert encoder._precision(torch.device("cuda")) == expected, capability
+    assert encoder._precision(torch.device("cpu")) == "fp32"
+
+
+def test_a_hub_encoder_missing_offline_names_the_offline_encoders(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from nlu_helpers.models import HubUnreachable
+    from nlu_helpers.tasks import get_task
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(HubUnreachable, match=r"'bert-base-uncased'.*HF_HUB_OFFLINE=1.*'minilm-l6', 'tiny-random-bert'"):
+        encoder._load(get_task("movie-snippets"), encoder.HUB_ENCODER)

@@ -239,3 +239,77 @@ def test_interrupted_conversion_leaves_no_half_folder(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         models.embedded_model_dir()
     assert list((tmp_path / "models").iterdir()) == []
+
+
+# --------------------------------------------------------------------------- no hub: fail in seconds
+
+HUB_SCRIPT = """
+import json, sys, time
+from nlu_helpers import models
+report = {}
+start = time.perf_counter()
+try:
+    models.load_model("someone/not-cached-anywhere")
+except models.HubUnreachable as error:
+    report["error"] = str(error)
+report["failed_after_s"] = time.perf_counter() - start
+start = time.perf_counter()
+tokenizer = models.load_tokenizer("someone/cached-tiny")
+model = models.load_model("someone/cached-tiny")
+report["cached_loaded_after_s"] = time.perf_counter() - start
+report["cached_layers"] = model.config.num_hidden_layers
+print(json.dumps(report))
+"""
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # free, and nothing listens there once closed
+
+
+def test_a_hub_id_without_the_hub_fails_in_seconds_and_a_cached_one_loads(tiny_dir, tmp_path):
+    """Before: ~50 s of retry lines, then an OSError naming neither the model nor offline work."""
+    import shutil
+    import subprocess
+    import sys
+
+    hub_cache = tmp_path / "hf" / "hub"  # a Hugging Face cache holding one model: the tiny one
+    snapshot = hub_cache / "models--someone--cached-tiny" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_dir, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}")
+    done = subprocess.run([sys.executable, "-c", HUB_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["failed_after_s"] < 20, report  # before: ~50 s
+    for words in ("'someone/not-cached-anywhere'", "can't be reached", "'embedded'", "local model folder", "HF_HUB_OFFLINE=1"):
+        assert words in report["error"], (words, report["error"])
+    assert report["cached_loaded_after_s"] < 20 and report["cached_layers"] == models.TINY_SIZES["num_hidden_layers"]
+    assert "Retrying" not in done.stderr
+
+
+def test_offline_mode_names_the_model_missing_from_the_cache(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(models.HubUnreachable, match=r"'someone/absent'.*HF_HUB_OFFLINE=1.*'embedded', 'tiny-random'"):
+        models.load_tokenizer("someone/absent")
+
+
+# --------------------------------------------------------------------------- native bf16 only
+
+
+@pytest.mark.parametrize("capability, native", [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_bf16_is_chosen_only_where_it_is_native(monkeypatch, capability, native):
+    """A T4 (7.5) emulates bf16 and torch.cuda.is_bf16_supported() says yes there; we want fp16."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # torch's own answer on such a GPU: native from compute capability 8.0, emulated (yes) below
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or capability >= (8, 0))
+    assert models.native_bf16() is native
+    assert models.pick_dtype("auto", torch.device("cuda")) == (torch.bfloat16 if native else torch.float16)
