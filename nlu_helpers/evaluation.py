@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from nlu_helpers import generation
 from nlu_helpers import metrics as metrics_lib
+from nlu_helpers import prefix_cache as prefix_cache_lib
 from nlu_helpers.parsing import parse_answer
-from nlu_helpers.prompts import JUDGEMENT_CLOSE
 from nlu_helpers.tasks import Task, get_task, record_candidates
 
 Mode = Literal["generate", "score"]
@@ -121,38 +122,26 @@ def generate_texts(
     temperature: float = 1.0,
     seed: int = 0,
     progress: bool = True,
+    prefix_cache: bool = True,
 ) -> list[str]:
-    """What the model writes after each prompt, cut just after the first ``</Judgement>``."""
-    device = _device(model)
+    """What the model writes after each prompt, cut just after the first ``</Judgement>``
+    (:func:`nlu_helpers.generation.generate` over length-sorted batches; ``prefix_cache``: each
+    batch's shared prompt prefix runs once)."""
     texts: list[str] = [""] * len(prompts)
-    order = _by_length(tokenizer, prompts)
     if do_sample:
         torch.manual_seed(seed)
-    options = dict(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        pad_token_id=tokenizer.pad_token_id,
-        stop_strings=[JUDGEMENT_CLOSE],
-        tokenizer=tokenizer,
-    )
-    if do_sample:
-        options.update(temperature=temperature, top_k=0, top_p=1.0)
-    else:
-        options.update(temperature=None, top_k=None, top_p=None)
     bar = tqdm(total=len(prompts), desc="generate", unit="ex", disable=not progress)
-    for batch in _batches(order, batch_size):
-        inputs = _encode(tokenizer, [prompts[i] for i in batch], device)
+    for batch in _batches(_by_length(tokenizer, prompts), batch_size):
         try:
-            output = model.generate(**inputs, **options)
+            answers = generation.generate(model, tokenizer, [prompts[i] for i in batch], max_new_tokens=max_new_tokens,
+                                          do_sample=do_sample, temperature=temperature, prefix_cache=prefix_cache).texts
         except (torch.OutOfMemoryError, RuntimeError) as error:
             message = _fit_message(error, batch_size)
             if message:
                 raise RuntimeError(message) from error
             raise
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
-        for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-            end = text.find(JUDGEMENT_CLOSE)
-            texts[i] = text[: end + len(JUDGEMENT_CLOSE)] if end >= 0 else text
+        for i, text in zip(batch, answers):
+            texts[i] = text
         bar.update(len(batch))
     bar.close()
     return texts
@@ -167,12 +156,14 @@ def score_continuations(
     *,
     batch_size: int = 16,
     progress: bool = True,
+    prefix_cache: bool = True,
 ) -> torch.Tensor:
     """Log-likelihood of each continuation after each prompt: a ``[len(prompts), len(continuations)]`` tensor.
 
     When every continuation is one token and they differ, one forward pass over the
     prompt gives all scores. Otherwise the prompt is run once, its KV cache kept, and
     each continuation is scored on top of it (the cache is cropped back after each).
+    ``prefix_cache`` runs the batch's shared token prefix once (:mod:`nlu_helpers.prefix_cache`).
     """
     device = _device(model)
     conts = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
@@ -184,12 +175,19 @@ def score_continuations(
     bar = tqdm(total=len(prompts), desc="score", unit="ex", disable=not progress)
     for batch in _batches(order, batch_size):
         inputs = _encode(tokenizer, [prompts[i] for i in batch], device)
-        mask = inputs["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         try:
+            shared = None
+            if prefix_cache:  # [shared | pads | rest]: the shared part from one batch-1 pass's cache
+                tokens = [ids[m.bool()].tolist() for ids, m in zip(inputs["input_ids"], inputs["attention_mask"])]
+                shared = prefix_cache_lib.build(model, tokenizer, tokens)
+            if shared is not None:
+                inputs = {"input_ids": shared.input_ids[:, shared.shared:], "attention_mask": shared.attention_mask,
+                          "cache": shared.cache}
+            mask = inputs["attention_mask"]
+            positions = prefix_cache_lib.positions(mask)[:, -inputs["input_ids"].shape[1]:]  # [B, new tokens]
             # logits only at the last prompt position: the LM head over every position would cost
             # 2 * hidden * vocab FLOPs per token for nothing
-            out = model(**inputs, position_ids=positions, use_cache=not single_token, logits_to_keep=1)
+            out = model(**inputs, position_ids=positions, use_cache=not single_token or shared is not None, logits_to_keep=1)
             first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # [B, vocab]
             batch_scores = torch.stack([first[:, c[0]] for c in conts], dim=1)  # [B, C]
             if not single_token:
@@ -264,6 +262,25 @@ def _content_free_prompts(task: Task, template_row: Mapping, shots: Sequence[Map
     return prompts
 
 
+def content_free_probabilities(
+    model, tokenizer, task: Task | str, template_row: Mapping, shots: Sequence[Mapping] = (),
+    answer_format: str = "options", *, batch_size: int = 16,
+) -> torch.Tensor:
+    """Label probabilities on each content-free prompt (same demonstrations, instance blanked), one
+    row per input of :data:`CONTENT_FREE`: ``[len(CONTENT_FREE), C]``. Their mean is the bias
+    contextual calibration divides out."""
+    task = get_task(task)
+    cf = score_continuations(model, tokenizer, _content_free_prompts(task, template_row, shots, answer_format),
+                             _continuations(task), batch_size=batch_size, progress=False)  # [I, C] log-likelihoods
+    return torch.softmax(cf, dim=-1)
+
+
+def calibrate_scores(scores: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Contextual calibration (Zhao et al., 2021): ``log p(label | x) - log bias``, i.e. the label
+    probabilities divided by the bias ``[C]`` (``W = diag(bias)^-1``, ``b = 0``). ``[N, C] -> [N, C]``."""
+    return torch.log_softmax(scores, dim=-1) - torch.log(bias)
+
+
 def label_share(task: Task, predictions: Sequence, references: Sequence) -> dict[str, dict[str, float]]:
     """Share of each label among predictions and among gold labels (label bias, made visible)."""
     if task.kind != "classification":
@@ -322,6 +339,32 @@ def bootstrap_ci(
     return {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for name, v in samples.items()}
 
 
+class NonFiniteModel(ValueError):
+    """The model's adapter weights or its scores hold NaN/inf: its results would look normal and mean nothing."""
+
+
+def _check_finite_weights(model, what: str) -> None:
+    """Refuse NaN/inf in the adapter (LoRA) and trainable weights before evaluating: cheap (a small
+    share of the weights), and a diverged adapter otherwise yields plausible-looking metrics."""
+    bad = [name for name, p in model.named_parameters()
+           if ("lora_" in name or p.requires_grad) and p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise NonFiniteModel(
+            f"{what}: the model's weights are not finite (NaN or inf in {len(bad)} adapter/trainable tensors, e.g. "
+            f"{bad[0]}); it comes from a training run that diverged: train again (lower learning rate) or load an earlier checkpoint"
+        )
+
+
+def _check_finite_scores(scores: torch.Tensor, what: str) -> None:
+    """Refuse NaN/inf log-likelihoods: argmax over ``[nan, nan]`` is label 0, a normal-looking accuracy."""
+    if not bool(torch.isfinite(scores).all()):
+        rows = int((~torch.isfinite(scores)).any(-1).sum())
+        raise NonFiniteModel(
+            f"{what}: scores are not finite (NaN or inf) for {rows} of {len(scores)} examples, so the model's weights are "
+            "not finite (a training run that diverged?); load a model whose weights are finite"
+        )
+
+
 def _group_key(task: Task, row: Mapping):
     idx = row.get("idx")
     if isinstance(idx, Mapping):
@@ -351,6 +394,7 @@ def evaluate(
     model_name: str | None = None,
     adapter: str | None = None,
     progress: bool = True,
+    prefix_cache: bool = True,
 ) -> EvalResult:
     """Evaluate ``model`` on ``rows`` of ``task`` and return metrics, CIs, label shares and predictions.
 
@@ -358,6 +402,7 @@ def evaluate(
     stay unparseable. ``random_fill`` additionally reports metrics with unparseable answers
     replaced by seeded random labels, only to compare with the paper's numbers.
     ``calibrate`` (scoring mode) divides out the label bias measured on content-free inputs.
+    ``prefix_cache`` computes the prompts' shared prefix once per batch (same predictions, faster).
     """
     task = get_task(task)
     if mode not in MODES:
@@ -375,6 +420,8 @@ def evaluate(
     for row in units:
         task.check_label(row)
     prompts = [task.build_prompt(row, shots, answer_format) for row in units]
+    what = f"task {task.name!r}, model {model_name or getattr(model, 'name_or_path', None) or type(model).__name__!r}"
+    _check_finite_weights(model, what)
 
     start = time.perf_counter()
     texts: list[str | None] = [None] * len(units)
@@ -382,16 +429,17 @@ def evaluate(
     if mode == "generate":
         texts = generate_texts(
             model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-            do_sample=do_sample, temperature=temperature, seed=seed, progress=progress,
+            do_sample=do_sample, temperature=temperature, seed=seed, progress=progress, prefix_cache=prefix_cache,
         )
         unit_preds = [parse_answer(task, text, strict=strict) for text in texts]
     else:
-        scores = score_continuations(model, tokenizer, prompts, _continuations(task), batch_size=batch_size, progress=progress)
+        scores = score_continuations(model, tokenizer, prompts, _continuations(task), batch_size=batch_size, progress=progress,
+                                     prefix_cache=prefix_cache)
+        _check_finite_scores(scores, what)
         if calibrate:
-            cf = score_continuations(model, tokenizer, _content_free_prompts(task, units[0], shots, answer_format),
-                                     _continuations(task), batch_size=batch_size, progress=False)
-            bias = torch.softmax(cf, dim=-1).mean(0)  # [C]
-            scores = torch.log_softmax(scores, dim=-1) - torch.log(bias)
+            bias = content_free_probabilities(model, tokenizer, task, units[0], shots, answer_format,
+                                              batch_size=batch_size).mean(0)  # [C]
+            scores = calibrate_scores(scores, bias)
         if task.kind == "regression":
             probs = torch.softmax(scores, dim=-1)
             unit_preds = (probs @ torch.tensor(STSB_SCORES, dtype=torch.float32)).tolist()
