@@ -15,7 +15,9 @@ What we add around TRL is the bookkeeping a notebook needs:
 - :func:`train_sft` checks the data (no rows, rows longer than ``max_length``), trains
   with checkpoints every ``save_steps`` and **resumes** from the last complete one when
   a run was interrupted (kernel restart, Colab disconnect, ``kill -9``); it saves the
-  adapter with the tokenizer and a ``training.json`` saying how it was trained;
+  adapter with the tokenizer and a ``training.json`` saying how it was trained; an update
+  that makes the LoRA weights NaN/inf is rolled back (:class:`~nlu_helpers.callbacks.NonFiniteGuard`),
+  and too many of them stop the run before anything is saved;
 - :func:`load_trained` reloads an adapter for evaluation or as the start of PPO;
   :func:`merge_adapter` folds it into a plain model folder.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -46,6 +49,7 @@ import torch
 from transformers import TrainerCallback
 
 from nlu_helpers import data, models
+from nlu_helpers.callbacks import LivePlotCallback, NonFiniteGuard, NonFiniteWeights  # noqa: F401 - part of sft's API
 from nlu_helpers.results import write_atomic
 from nlu_helpers.tasks import Task, get_task, record_candidates
 
@@ -60,7 +64,9 @@ CHECKPOINTS = "checkpoints"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("linear", "constant", "constant_with_warmup", "cosine")
 # Settings that change nothing about the trained adapter: a resumed run may differ in them.
-_BOOKKEEPING = ("save_steps", "logging_steps", "keep_checkpoints")
+_BOOKKEEPING = ("save_steps", "logging_steps", "keep_checkpoints", "max_skipped_updates")
+# Old setting names: PPOConfig's names are the one name for each thing.
+RENAMED = {"target_modules": "lora_target_modules"}
 
 
 # --------------------------------------------------------------------------- settings
@@ -71,32 +77,33 @@ class SFTSettings:
     """Everything that shapes an SFT run. ``batch_size`` is per step on one device; the
     effective batch is ``batch_size * gradient_accumulation_steps``."""
 
-    learning_rate: float = 2e-4
-    batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    epochs: float = 1.0
-    max_steps: int | None = None  # when set, overrides epochs
-    max_length: int = 512  # tokens of prompt + completion (the pack length when packing)
-    packing: bool = False
-    lr_scheduler: str = "linear"  # the Trainer's default, which is what the authors' script ran with
-    warmup_ratio: float = 0.0
+    learning_rate: float = 2e-4  # peak learning rate of the schedule
+    batch_size: int = 16  # sequences per forward/backward pass on one process (the mini-batch)
+    gradient_accumulation_steps: int = 1  # mini-batches per optimizer step
+    epochs: float = 1.0  # passes over the training rows (when max_steps is None)
+    max_steps: int | None = None  # optimizer steps in total; when set, overrides epochs
+    max_length: int = 512  # tokens of prompt + completion (the pack length when packing); longer rows are an error
+    packing: bool = False  # pack rows into max_length sequences (the paper's), each still attending only to itself
+    lr_scheduler: str = "linear"  # "linear" (the Trainer's default, which the authors' script ran with), "constant", ...
+    warmup_ratio: float = 0.0  # fraction of the steps for a linear warmup, in [0, 1)
     weight_decay: float = 0.0
     seed: int = 0
     # LoRA (the paper's values; bias "none": see models.lora_config for why not the paper's "all")
-    lora_r: int = 16
-    lora_alpha: int = 32
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scaling numerator (rank-stabilised: alpha / sqrt(r))
     lora_dropout: float = 0.05
-    lora_bias: str = "none"
-    target_modules: tuple[str, ...] | str | None = None  # None: PEFT's default (q_proj, v_proj); or "all-linear"
+    lora_bias: str = "none"  # "none", "all" or "lora_only" ("all" trains the base model's biases)
+    lora_target_modules: tuple[str, ...] | str | None = None  # None: PEFT's default (q_proj, v_proj); or "all-linear"
     # precision and memory
     precision: str = "auto"  # bf16 on a GPU that has it, fp16 on other GPUs, fp32 on CPU
     load_in_4bit: bool = False  # QLoRA: CUDA + bitsandbytes only
-    gradient_checkpointing: bool = False
-    device: str = "auto"
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
+    device: str = "auto"  # "auto" (the GPU if there is one, else the CPU), "cpu", "cuda"
+    max_skipped_updates: int = 3  # an update that makes LoRA weights NaN/inf is rolled back; stop the run after more than this
     # bookkeeping
-    save_steps: int = 10
-    logging_steps: int = 1
-    keep_checkpoints: bool = False
+    save_steps: int = 10  # checkpoint every N steps: a rerun after an interruption resumes from the last one
+    logging_steps: int = 1  # log the loss every N steps
+    keep_checkpoints: bool = False  # keep the checkpoints folder after training
 
     def __post_init__(self) -> None:
         def positive(name: str, value: Any, kind: type = int) -> None:
@@ -104,6 +111,10 @@ class SFTSettings:
                 raise ValueError(f"{name} must be a positive {'number' if kind is float else 'integer'}, got {value!r}")
 
         positive("learning_rate", self.learning_rate, float)
+        if not math.isfinite(self.learning_rate):
+            raise ValueError(f"learning_rate must be a finite number, got {self.learning_rate!r}")
+        if isinstance(self.max_skipped_updates, bool) or not isinstance(self.max_skipped_updates, int) or self.max_skipped_updates < 0:
+            raise ValueError(f"max_skipped_updates must be an integer >= 0, got {self.max_skipped_updates!r}")
         positive("epochs", self.epochs, float)
         for name in ("batch_size", "gradient_accumulation_steps", "max_length", "save_steps", "logging_steps", "lora_r", "lora_alpha"):
             positive(name, getattr(self, name))
@@ -123,17 +134,20 @@ class SFTSettings:
                 "gives the base model back, so a PPO reference built that way drifts with training (a pitfall of "
                 "the authors' scripts)", stacklevel=3,
             )
-        if isinstance(self.target_modules, list):  # keep the dataclass hashable and its JSON stable
-            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if isinstance(self.lora_target_modules, list):  # keep the dataclass hashable and its JSON stable
+            object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
 
     def to_dict(self) -> dict[str, Any]:
         record = dataclasses.asdict(self)
-        if isinstance(record["target_modules"], tuple):
-            record["target_modules"] = list(record["target_modules"])
+        if isinstance(record["lora_target_modules"], tuple):
+            record["lora_target_modules"] = list(record["lora_target_modules"])
         return record
 
     def replace(self, **changes: Any) -> "SFTSettings":
         """A copy with some fields changed, e.g. ``CPU_DEMO.replace(max_steps=3)``."""
+        for old, new in RENAMED.items():
+            if old in changes:
+                raise ValueError(f"SFT setting {old!r} is now called {new!r}")
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise ValueError(f"unknown SFT setting(s) {unknown}; allowed: {[f.name for f in dataclasses.fields(self)]}")
@@ -310,6 +324,7 @@ def _prepare_output(output_dir: Path, run: dict, overwrite: bool) -> str:
             shutil.rmtree(output_dir)
         else:
             before = json.loads(run_file.read_text())
+            before["settings"] = {RENAMED.get(k, k): v for k, v in before["settings"].items()}  # folders from before a rename
             if before["model"] != run["model"]:
                 raise ValueError(
                     f"output_dir {str(output_dir)!r} holds an adapter trained on base model {before['model']!r}, "
@@ -338,30 +353,7 @@ def _prepare_output(output_dir: Path, run: dict, overwrite: bool) -> str:
 # --------------------------------------------------------------------------- training
 
 
-class LivePlotCallback(TrainerCallback):
-    """Feeds the Trainer's logged loss to a :class:`nlu_helpers.plots.LivePlot` (or anything
-    with ``update(step, values)``); a resumed run first replays the steps before the checkpoint."""
-
-    def __init__(self, plot: Any, keys: Sequence[str] = ("loss",)):
-        self.plot, self.keys = plot, tuple(keys)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        for entry in state.log_history:
-            self._update(entry.get("step", 0), entry)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self._update(state.global_step, logs or {})
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.plot.update(state.global_step, {}, force=True)
-
-    def _update(self, step: int, logs: Mapping) -> None:
-        values = {k: logs[k] for k in self.keys if k in logs}
-        if values:
-            self.plot.update(step, values)
-
-
-def _process_state(settings: SFTSettings) -> Any:
+def process_state(settings: SFTSettings) -> Any:
     """accelerate's view of the processes (one in a notebook, several under ``accelerate launch``),
     set up the way the Trainer sets it up, so both agree on ranks and backend."""
     from accelerate import PartialState
@@ -421,7 +413,8 @@ def make_trainer(
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps or -1,
         lr_scheduler_type=settings.lr_scheduler,
-        warmup_steps=settings.warmup_ratio,  # < 1 means a fraction of the steps
+        # transformers 5 has no warmup_ratio: warmup_steps below 1 is the fraction of the steps (validated to [0, 1) above)
+        warmup_steps=float(settings.warmup_ratio),
         weight_decay=settings.weight_decay,
         seed=settings.seed,
         max_length=settings.max_length,
@@ -441,7 +434,7 @@ def make_trainer(
     )
     lora = models.lora_config(
         r=settings.lora_r, alpha=settings.lora_alpha, dropout=settings.lora_dropout, bias=settings.lora_bias,
-        target_modules=settings.target_modules,
+        target_modules=settings.lora_target_modules,
     )
     with models._quiet(progress_bars=True), data.quiet_progress():  # datasets' per-map bars, five even for 100 rows
         return SFTTrainer(
@@ -450,7 +443,7 @@ def make_trainer(
             train_dataset=datasets.Dataset.from_list([dict(e) for e in examples]),
             processing_class=tokenizer,
             peft_config=lora,
-            callbacks=list(callbacks),
+            callbacks=[NonFiniteGuard(settings.max_skipped_updates), *callbacks],  # first: later callbacks see good weights
         )
 
 
@@ -498,7 +491,7 @@ def train_sft(
         "n_examples": len(examples),
         "data_sha256": _fingerprint(examples),
     }
-    processes = _process_state(settings)
+    processes = process_state(settings)
     with processes.main_process_first():  # under accelerate launch the main process sets the folder up, the others find it
         state = _prepare_output(output_dir, run, overwrite and processes.is_main_process)
         resume_from = last_checkpoint(output_dir) if state == "resume" else None
@@ -519,6 +512,9 @@ def train_sft(
     # DeepSpeed: every process takes part in gathering the weights (ZeRO-3 shards them); one process writes
     weights = trainer.accelerator.get_state_dict(trainer.model_wrapped) if trainer.is_deepspeed_enabled else None
     lora = adapter.peft_config["default"]
+    saved = weights if weights is not None else {n: p for n, p in adapter.named_parameters() if p.requires_grad}
+    if not all(bool(torch.isfinite(t).all()) for t in saved.values()):  # the guard rolls such weights back; never save them
+        raise NonFiniteWeights(f"the trained LoRA weights hold NaN/inf; nothing was saved to {str(output_dir)!r}")
     if processes.is_main_process:
         with models._quiet():
             adapter.save_pretrained(output_dir, state_dict=weights)  # names the resolved base folder: PEFT checks it without the hub
@@ -546,6 +542,7 @@ def train_sft(
         "total_parameters": total,
         "seconds": round(seconds, 2),
         "resumed_from_step": int(resume_from.name.split("-")[-1]) if resume_from else None,
+        "skipped_updates": next(c.skipped for c in trainer.callback_handler.callbacks if isinstance(c, NonFiniteGuard)),
         "device": str(models.pick_device(settings.device)),
         "versions": library_versions(),
     }
@@ -596,9 +593,3 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, dtype: str | 
     tokenizer.save_pretrained(out_dir)
     _write_json(out_dir / TRAINING_FILE, {**info, "merged_from": str(adapter_dir.resolve())})
     return out_dir
-
-
-if __name__ == "__main__":  # python -m nlu_helpers.sft --help (alone or under accelerate launch): see nlu_helpers.launch
-    from nlu_helpers.launch import main
-
-    main("sft")

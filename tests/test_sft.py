@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from nlu_helpers import data, models, sft
 from nlu_helpers.samples import SAMPLE_ROWS
@@ -91,7 +92,14 @@ def test_settings_presets_and_validation():
     for preset in (sft.PAPER, sft.CPU_DEMO):
         assert (preset.lora_r, preset.lora_alpha, preset.lora_dropout, preset.lora_bias) == (16, 32, 0.05, "none")
     assert sft.CPU_DEMO.replace(max_steps=3).max_steps == 3
-    assert json.loads(json.dumps(sft.SFTSettings(target_modules=["q_proj"]).to_dict()))["target_modules"] == ["q_proj"]
+    assert json.loads(json.dumps(sft.SFTSettings(lora_target_modules=["q_proj"]).to_dict()))["lora_target_modules"] == ["q_proj"]
+    with pytest.raises(ValueError, match="SFT setting 'target_modules' is now called 'lora_target_modules'"):
+        sft.CPU_DEMO.replace(target_modules="all-linear")  # PPOConfig's name: one name for one thing
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="learning_rate must be a (positive|finite) number"):
+            sft.SFTSettings(learning_rate=bad)
+    with pytest.raises(ValueError, match="max_skipped_updates must be an integer >= 0, got -1"):
+        sft.SFTSettings(max_skipped_updates=-1)
     with pytest.raises(ValueError, match="learning_rate must be a positive number, got -1"):
         sft.SFTSettings(learning_rate=-1)
     with pytest.raises(ValueError, match="precision 'fp8' is not one of auto, bf16, fp16, fp32"):
@@ -116,6 +124,22 @@ def test_loss_is_on_the_completion_and_its_eos_only(rows, tokenizer, tmp_path):
     assert trained[-1] == tokenizer.eos_token_id
     trainable, total = models.trainable_parameters(trainer.model)
     assert 0 < trainable < total / 100  # LoRA trains a sliver of the model
+
+
+def test_warmup_ratio_is_a_fraction_of_the_steps(rows, tokenizer, tmp_path):
+    """transformers 5 has no ``warmup_ratio``: ``warmup_steps`` below 1 is the fraction, so the ratio goes there."""
+    examples = [e | {"completion": e["completion"] + tokenizer.eos_token} for e in sft.sft_examples(OFFLINE_TASK, rows[:2])]
+    settings = QUICK.replace(max_steps=8, warmup_ratio=0.25, lr_scheduler="constant_with_warmup")
+    trainer = sft.make_trainer(settings, model=models.TINY_MODEL, examples=examples, output_dir=tmp_path,
+                               tokenizer=tokenizer, progress=False)
+    assert trainer.args.get_warmup_steps(8) == 2  # 25% of 8 steps
+    trainer.create_optimizer_and_scheduler(num_training_steps=8)
+    rates = []
+    for _ in range(4):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert rates == pytest.approx([0.0, 0.5e-2, 1e-2, 1e-2])  # linear up over 2 steps, then the full rate
 
 
 # --------------------------------------------------------------------------- errors
@@ -213,6 +237,39 @@ def test_packing_trains_with_examples_kept_apart(rows, tokenizer, tmp_path):
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
         alone = torch.cat([model(input_ids=torch.tensor([ids])).logits[0] for ids in (a, b)])
     torch.testing.assert_close(packed, alone, rtol=1e-4, atol=1e-4)
+
+
+class Blowup(TrainerCallback):
+    """Makes one gradient NaN just before the optimizer step of ``step``, as an overflowing backward pass would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if state.global_step + 1 == self.step:
+            next(p for n, p in model.named_parameters() if "lora_B" in n).grad.fill_(float("nan"))
+
+
+def test_a_non_finite_update_is_rolled_back_and_counted(rows, tmp_path):
+    settings = QUICK.replace(max_steps=3, save_steps=10)
+    out = sft.train_sft(settings, model=models.TINY_MODEL, train_rows=rows[:6], task=OFFLINE_TASK, output_dir=tmp_path / "guarded",
+                        callbacks=[Blowup(step=2)], progress=False)
+    info = json.loads((out / "training.json").read_text())
+    assert info["steps"] == 3 and info["skipped_updates"] == 1
+    adapter = _adapter(out)
+    assert all(torch.isfinite(t).all() for t in adapter.values())
+    assert any(t.abs().max() > 0 for name, t in adapter.items() if "lora_B" in name)  # steps 1 and 3 trained
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_saves_no_adapter(rows, tmp_path):
+    # 1e39 is a finite float64 but overflows float32: the first update makes the weights inf, and every later one too
+    settings = QUICK.replace(learning_rate=1e39, max_steps=8, save_steps=2, max_skipped_updates=2)
+    with pytest.raises(sft.NonFiniteWeights, match=r"SFT stopped at step 3: 3 update\(s\) made the LoRA weights NaN/inf "
+                                                   r"\(max_skipped_updates=2, each rolled back\) and no adapter was saved"):
+        sft.train_sft(settings, model=models.TINY_MODEL, train_rows=rows, task=OFFLINE_TASK, output_dir=tmp_path / "nan", progress=False)
+    assert not (tmp_path / "nan" / "adapter_model.safetensors").exists() and not (tmp_path / "nan" / "training.json").exists()
+    for checkpoint in (tmp_path / "nan" / "checkpoints").glob("checkpoint-*"):  # what was saved on the way holds good weights
+        assert all(torch.isfinite(t).all() for t in _adapter(checkpoint).values())
 
 
 CHILD = textwrap.dedent(
