@@ -146,3 +146,175 @@ def gains(run_dir: str | Path, records: Sequence[Mapping], pairs: Sequence[tuple
                                  groups=groups, **kwargs)
             out.append({"comparison": f"{stage_b} - {stage_a}", "task": task, "split": split, **result})
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# Rows one stage fixed and rows it broke, relative to another
+# ----------------------------------------------------------------------------------------
+
+def _word(task, label) -> str:
+    return "unparseable" if label is None else task.answer_words[int(label)]
+
+
+def _instances(task, record: Mapping, predictions: Sequence[Mapping]) -> list[str] | None:
+    """The evaluated rows' instance text, reloaded the way the notebooks drew them (seeded sample of
+    ``n`` rows); ``None`` when they cannot be loaded or are not the rows predicted (``idx`` differs)."""
+    from nlu_helpers import data
+
+    try:
+        rows = data.load_split(task, record["split"], limit=record["n"], shuffle_seed=record.get("settings", {}).get("seed"))
+    except Exception:  # noqa: BLE001 - no data at hand (e.g. a hub task offline): show the rows without their text
+        return None
+    if len(rows) != len(predictions) or any(row.get("idx") != p.get("idx") for row, p in zip(rows, predictions)):
+        return None
+    return [task.render(row) for row in rows]
+
+
+def flips(
+    run_dir: str | Path,
+    records: Sequence[Mapping],
+    before: str = "sft",
+    after: str = "ppo",
+    *,
+    with_inputs: bool = True,
+) -> list[dict]:
+    """What changed row by row from stage ``before`` to stage ``after``, per task and split both
+    evaluated on the same rows (classification tasks; an unparseable answer counts as wrong).
+
+    Each entry: ``task``, ``split``, ``n``, the counts ``fixed`` (wrong before, right after),
+    ``broken`` (right before, wrong after), ``both_right``, ``both_wrong``, and ``rows``: every
+    changed row as ``{change, index, idx, gold, before, after, before_text, after_text, input}``
+    (``input`` is the instance text when ``with_inputs`` and the rows can be reloaded).
+    """
+    by_key = {(r["stage"], r["task"], r.get("split")): r for r in records}
+    out = []
+    for (stage, task_name, split), a in by_key.items():
+        if stage != before or (after, task_name, split) not in by_key:
+            continue
+        task = get_task(task_name)
+        if task.kind != "classification":
+            continue
+        pa, pb = load_predictions(run_dir, a), load_predictions(run_dir, by_key[(after, task_name, split)])
+        if [p["index"] for p in pa] != [p["index"] for p in pb]:
+            continue  # not the same rows: nothing to compare row by row
+        inputs = _instances(task, a, pa) if with_inputs else None
+        counts = {"fixed": 0, "broken": 0, "both_right": 0, "both_wrong": 0}
+        changed = []
+        for i, (x, y) in enumerate(zip(pa, pb)):
+            right_before, right_after = x["prediction"] == x["label"], y["prediction"] == y["label"]
+            kind = {(False, True): "fixed", (True, False): "broken", (True, True): "both_right", (False, False): "both_wrong"}[
+                (right_before, right_after)]
+            counts[kind] += 1
+            if kind in ("fixed", "broken"):
+                changed.append({
+                    "change": kind, "index": x["index"], "idx": x.get("idx"), "gold": _word(task, x["label"]),
+                    "before": _word(task, x["prediction"]), "after": _word(task, y["prediction"]),
+                    "before_text": x.get("text"), "after_text": y.get("text"),
+                    "input": inputs[i] if inputs is not None else None,
+                })
+        out.append({"task": task_name, "split": split, "before": before, "after": after, "n": len(pa), **counts,
+                    "rows": changed})
+    return out
+
+
+class FlipPager:
+    """One changed row at a time, with Previous / Next and a fixed / broken filter (ipywidgets).
+
+    ``display(pager)`` shows the widget in JupyterLab or Colab; where no widget can be drawn
+    (papermill, nbconvert, a plain console) the same output carries a plain-text listing of
+    the first rows instead, so a headless run still shows something readable.
+    """
+
+    CHANGES = ("all", "fixed", "broken")
+
+    def __init__(self, rows: Sequence[Mapping], *, before: str = "sft", after: str = "ppo", plain_rows: int = 5):
+        self.rows = list(rows)
+        self.before, self.after = before, after
+        self.plain_rows = plain_rows
+        self.change = "all"
+        self.position = 0
+        self._widget = None
+
+    def shown(self) -> list[Mapping]:
+        """The rows the current filter lets through."""
+        return [r for r in self.rows if self.change == "all" or r["change"] == self.change]
+
+    def current(self) -> Mapping | None:
+        rows = self.shown()
+        return rows[self.position] if rows else None
+
+    def move(self, by: int) -> None:
+        """Step ``by`` rows (wrapping around) within the current filter."""
+        n = len(self.shown())
+        self.position = (self.position + by) % n if n else 0
+        self._refresh()
+
+    def filter(self, change: str) -> None:
+        if change not in self.CHANGES:
+            raise ValueError(f"change {change!r} is not known; allowed: {', '.join(self.CHANGES)}")
+        self.change, self.position = change, 0
+        self._refresh()
+
+    def card_html(self) -> str:
+        """The current row as HTML: what changed, the gold label, the input, both answers."""
+        import html
+
+        row = self.current()
+        if row is None:
+            return f"<i>no {'' if self.change == 'all' else self.change + ' '}rows</i>"
+        colour = "#2e7d32" if row["change"] == "fixed" else "#c62828"
+        where = f"{self.position + 1} of {len(self.shown())}; row {row['index']}, idx {row.get('idx')}"
+        lines = [
+            f'<b style="color:{colour}">{self.after} {row["change"]} this row</b> ({where})',
+            f"<b>gold</b>: {html.escape(str(row['gold']))}",
+        ]
+        if row.get("input"):
+            lines.append(f"<b>input</b>: {html.escape(row['input']).replace(chr(10), '<br>')}")
+        for stage, key in ((self.before, "before"), (self.after, "after")):
+            text = row.get(f"{key}_text")
+            lines.append(f"<b>{stage}</b>: {html.escape(str(row[key]))}"
+                         + (f" <code>{html.escape(repr(text))}</code>" if text is not None else ""))
+        return '<div style="line-height:1.6">' + "<br>".join(lines) + "</div>"
+
+    def plain_text(self) -> str:
+        """The first rows as plain text: what a headless run shows."""
+        fixed = sum(r["change"] == "fixed" for r in self.rows)
+        lines = [(f"{len(self.rows)} changed rows ({fixed} fixed, {len(self.rows) - fixed} broken by {self.after}); "
+                  f"the first {min(self.plain_rows, len(self.rows))} (page through all of them in JupyterLab):")]
+        for row in self.rows[: self.plain_rows]:
+            text = (row.get("input") or "").replace("\n", " | ")
+            lines.append(f"- {row['change']:6} gold {row['gold']!s:12} {self.before} {row['before']!s:12} "
+                         f"{self.after} {row['after']!s:12} {text[:100]}")
+        return "\n".join(lines)
+
+    def widget(self):
+        """The ipywidgets panel (built once)."""
+        if self._widget is None:
+            import ipywidgets as widgets
+
+            self._previous = widgets.Button(description="◀ Previous")
+            self._next = widgets.Button(description="Next ▶")
+            self._filter = widgets.ToggleButtons(options=self.CHANGES, value=self.change)
+            self._card = widgets.HTML()
+            self._previous.on_click(lambda _: self.move(-1))
+            self._next.on_click(lambda _: self.move(+1))
+            self._filter.observe(lambda change: self.filter(change["new"]), names="value")
+            self._widget = widgets.VBox([widgets.HBox([self._filter, self._previous, self._next]), self._card])
+            self._refresh()
+        return self._widget
+
+    def _refresh(self) -> None:
+        if self._widget is not None:
+            self._card.value = self.card_html()
+
+    def _repr_mimebundle_(self, include=None, exclude=None):  # IPython's signature; both are unused
+        bundle = {"text/plain": self.plain_text()}
+        try:
+            view = self.widget()._repr_mimebundle_()
+        except ImportError:  # no ipywidgets: the plain listing is all there is
+            return bundle
+        if isinstance(view, tuple):
+            view = view[0]
+        view = dict(view or {})
+        view["text/plain"] = bundle["text/plain"]
+        return view

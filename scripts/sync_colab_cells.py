@@ -2,10 +2,12 @@
 
 For each ``notebooks/0*.ipynb`` (whatever notebooks exist when it runs):
 
-1. a markdown cell tagged ``colab-badge`` first: the "Open in Colab" badge for that notebook;
+1. a markdown cell tagged ``colab-badge`` first: the "Open in Colab" badge for that notebook,
+   opening it at the release tag :data:`nlu_helpers.colab.RELEASE`;
 2. the install cell (tagged ``colab-install``) as the first code cell, with the source of
-   :data:`nlu_helpers.colab.INSTALL_CELL` (an older untagged cell starting "# Colab only" is
-   taken over and replaced);
+   :data:`nlu_helpers.colab.INSTALL_CELL`: a few lines that, on Colab only, install the package
+   from that same tag and call :func:`nlu_helpers.colab.setup` (an older untagged cell starting
+   "# Colab only" is taken over and replaced). Rerun this script after a version bump;
 3. notebook 03 only: a code cell tagged ``preflight`` right after the cell that builds the
    SFT ``settings``: the memory check (:func:`nlu_helpers.architectures.preflight`) before
    any training.
@@ -42,9 +44,9 @@ PREFLIGHT_CELL = """\
 # on the CPU, or for an architecture nlu_helpers.architectures does not know (e.g. tiny-random), it only reports.
 from nlu_helpers import architectures
 
-fit = architectures.preflight(model, batch_size=batch_size, seq_len=max_length, lora_r=settings.lora_r,
-                              target_modules=settings.target_modules, load_in_4bit=load_in_4bit,
-                              gradient_checkpointing=gradient_checkpointing)"""
+fit = architectures.preflight(model, batch_size=settings.batch_size, seq_len=settings.max_length, lora_r=settings.lora_r,
+                              target_modules=settings.lora_target_modules, load_in_4bit=settings.load_in_4bit,
+                              gradient_checkpointing=settings.gradient_checkpointing)"""
 
 
 def _is_anchor_03(cell: nbformat.NotebookNode) -> bool:

@@ -1,6 +1,6 @@
-"""Colab: every notebook opens from a badge and installs itself there (and only there) without
-touching Colab's torch; runs go to Google Drive when it is mounted; the script that writes
-those cells is idempotent and the committed notebooks are in sync with it."""
+"""Colab: every notebook opens from a badge and installs itself there (and only there), both at
+one release tag, without touching Colab's torch; runs go to Google Drive when it is mounted; the
+script that writes those cells is idempotent and the committed notebooks are in sync with it."""
 
 import importlib.metadata
 import json
@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+import nlu_helpers
 from nlu_helpers import colab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,12 +35,23 @@ def test_every_notebook_starts_with_its_badge_then_the_install_cell():
     assert len(NOTEBOOKS) >= 5
     for path in NOTEBOOKS:
         cells = _cells(path)
-        url = f"https://colab.research.google.com/github/nlu-workbook/nlu-workbook/blob/main/notebooks/{path.name}"
+        url = f"https://colab.research.google.com/github/nlu-workbook/nlu-workbook/blob/v{nlu_helpers.__version__}/notebooks/{path.name}"
         assert cells[0].cell_type == "markdown" and cells[0].source == f"[![Open In Colab]({colab.BADGE_IMAGE})]({url})", path.name
         code = [c for c in cells if c.cell_type == "code"]
         assert code[0].source == colab.INSTALL_CELL, f"{path.name}: run scripts/sync_colab_cells.py"
         tagged = [i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1 and tagged[0] > 0, path.name  # installed before anything imports nlu_helpers
+
+
+def test_the_install_cell_is_short_and_installs_the_release_the_badge_opens():
+    """Issue 13: no untagged git URL; the tag is the package version, and the badge opens that same tag."""
+    code_lines = [line for line in colab.INSTALL_CELL.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert len(code_lines) <= 4, colab.INSTALL_CELL
+    assert colab.RELEASE == f"v{nlu_helpers.__version__}"
+    assert f"git+https://github.com/nlu-workbook/nlu-workbook@{colab.RELEASE}" in colab.INSTALL_CELL
+    assert colab.RELEASE in colab.INSTALL_CELL.splitlines()[0]  # the comment says which release
+    assert f"/blob/{colab.RELEASE}/" in colab.colab_url("01_prompt_design")
+    assert "pinned" not in colab.INSTALL_CELL
 
 
 def test_the_committed_notebooks_are_what_the_sync_script_writes(tmp_path):
@@ -54,10 +66,9 @@ def test_the_sync_script_adds_the_cells_once_and_keeps_everything_else(tmp_path)
     folder.mkdir()
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell("model = 'embedded'\nbatch_size = 4\nmax_length = 64\nload_in_4bit = False\n"
-                                       "gradient_checkpointing = False")
+    params = nbformat.v4.new_code_cell("model = 'embedded'\nbatch_size = 4")
     params.metadata["tags"] = ["parameters"]
-    settings = nbformat.v4.new_code_cell("from nlu_helpers import sft\nsettings = sft.CPU_DEMO.replace(batch_size=batch_size)")
+    settings = nbformat.v4.new_code_cell("from nlu_helpers import sft\nsettings = sft.CPU_DEMO.replace(batch_size=batch_size, max_length=64)")
     settings.outputs = [nbformat.v4.new_output("stream", text="old output")]
     settings.execution_count = 7
     nb.cells = [nbformat.v4.new_markdown_cell("# 03 · title"), params, settings, nbformat.v4.new_code_cell("train()")]
@@ -107,10 +118,10 @@ def test_install_cell_does_nothing_off_colab(monkeypatch, tmp_path):
         exec(_install_cell(path), namespace)
         assert recorder.calls == [], path.name
         assert Path.cwd() == tmp_path
-        assert set(namespace) - {"__builtins__"} == {"sys"}  # nothing else defined, nothing imported from the workbook
+        assert set(namespace) - {"__builtins__"} == {"importlib", "os", "subprocess", "sys"}  # nothing from the workbook
 
 
-def test_install_cell_on_colab_installs_from_github_keeps_torch_and_moves_to_drive(monkeypatch, tmp_path):
+def test_install_cell_on_colab_installs_the_release_then_its_dependencies_keeps_torch_and_moves_to_drive(monkeypatch, tmp_path):
     drive = tmp_path / "drive"
     mounted = []
 
@@ -131,12 +142,18 @@ def test_install_cell_on_colab_installs_from_github_keeps_torch_and_moves_to_dri
     monkeypatch.chdir(tmp_path)
 
     exec(_install_cell(NOTEBOOKS[0]), {})
-    [(command, kwargs)] = recorder.calls
-    constraints = command[command.index("-c") + 1]
-    assert command == [sys.executable, "-m", "pip", "install", "-q", "-c", constraints,
-                       "nlu-helpers[gpu] @ git+https://github.com/nlu-workbook/nlu-workbook"]
+    [(package, kwargs), (dependencies, _)] = recorder.calls
+    # 1. the package alone, from the release tag
+    assert package == [sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                       f"git+https://github.com/nlu-workbook/nlu-workbook@v{nlu_helpers.__version__}"]
     assert kwargs == {"check": True}
-    assert not any("torch" in part for part in command)  # torch is never named, so never (re)installed
+    # 2. its declared dependencies with the gpu extra, torch held by a constraints file and never named
+    constraints = dependencies[dependencies.index("-c") + 1]
+    assert dependencies[:7] == [sys.executable, "-m", "pip", "install", "-q", "-c", constraints]
+    wanted = dependencies[7:]
+    assert any(r.startswith("transformers") for r in wanted) and any(r.startswith("bitsandbytes") for r in wanted)
+    assert not any(r.startswith(("pytest", "hypothesis", "playwright", "deepspeed")) for r in wanted)  # other extras stay out
+    assert not any(part.startswith("torch") for part in wanted)  # torch is never named, so never (re)installed
     pinned = Path(constraints).read_text().split()
     assert f"torch=={importlib.metadata.version('torch')}" in pinned  # and pip may not move it either
     assert all(line.split("==")[0] in ("torch", "torchvision", "torchaudio") for line in pinned)
@@ -146,8 +163,16 @@ def test_install_cell_on_colab_installs_from_github_keeps_torch_and_moves_to_dri
     monkeypatch.setenv("NLU_WORKBOOK_SOURCE", "/content/nlu-workbook[gpu]")  # a clone, for hacking on it
     monkeypatch.chdir(tmp_path)
     exec(_install_cell(NOTEBOOKS[-1]), {})
-    assert recorder.calls[-1][0][-1] == "/content/nlu-workbook[gpu]"
+    assert recorder.calls[-2][0][-1] == "/content/nlu-workbook[gpu]"
     assert mounted == [str(drive)]  # already mounted: not asked again
+
+
+def test_setup_does_nothing_off_colab(monkeypatch, tmp_path):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    recorder = _Recorder()
+    monkeypatch.setattr(subprocess, "run", recorder)
+    monkeypatch.chdir(tmp_path)
+    assert colab.setup() == tmp_path and recorder.calls == []
 
 
 def test_checkpoint_root_prefers_a_mounted_drive(monkeypatch, tmp_path):
@@ -184,8 +209,14 @@ def test_checkpoints_in_the_drive_folder_resume_after_a_disconnect(monkeypatch, 
     assert json.loads((checkpoint / "state.json").read_text())["step_count"] == 2
 
 
+def test_the_readme_badges_open_the_same_release():
+    readme = (ROOT / "README.md").read_text()
+    for path in NOTEBOOKS:
+        assert colab.badge_markdown(path.stem) in readme, f"README: the badge of {path.name} is not {colab.colab_url(path.stem)}"
+
+
 def test_badge_urls():
     assert colab.colab_url("04_ppo") == colab.colab_url("notebooks/04_ppo.ipynb") == (
-        "https://colab.research.google.com/github/nlu-workbook/nlu-workbook/blob/main/notebooks/04_ppo.ipynb")
+        f"https://colab.research.google.com/github/nlu-workbook/nlu-workbook/blob/v{nlu_helpers.__version__}/notebooks/04_ppo.ipynb")
     assert colab.badge_markdown("01_prompt_design").startswith("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](")
     assert os.path.basename(colab.colab_url("06_results")) == "06_results.ipynb"

@@ -92,15 +92,57 @@ def test_a_tasks_list_runs_task_notebooks_once_per_task(tmp_path):
         runner.run("smoke", run_dir=tmp_path / "run2", notebooks_folder=folder, progress=False, overrides={"tasks": ["nope"]})
 
 
-@pytest.mark.parametrize("name", ["smoke", "cpu-demo", "colab-t4", "paper"])
-def test_every_profile_key_is_a_parameter_some_notebook_declares(name):
+def _declared() -> dict[str, set[str]]:
     import papermill
 
+    return {p.stem: set(papermill.inspect_notebook(str(p))) for p in runner.notebook_paths()}
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu-demo", "colab-t4", "paper"])
+def test_every_profile_key_is_a_parameter_or_a_setting_of_its_notebook(name):
+    """A profile key no notebook reads would be ignored without a word."""
+    from nlu_helpers.stages import SETTINGS
+
     profile = runner.load_profile(name)
-    declared = {p.stem: set(papermill.inspect_notebook(str(p))) for p in runner.notebook_paths()}
+    declared = _declared()
     for notebook, values in profile["notebooks"].items():
         assert notebook in declared, f"profile {name!r} names notebook {notebook!r}; there are {sorted(declared)}"
-        unknown = set(values or {}) - declared[notebook]
-        assert not unknown, f"profile {name!r} sets {sorted(unknown)} that {notebook} does not declare"
-    everywhere = set().union(*declared.values()) | {"tasks"}
+        unknown = set(values or {}) - declared[notebook] - set(SETTINGS[notebook])
+        assert not unknown, f"profile {name!r} sets {sorted(unknown)} that {notebook} neither declares nor reads as a setting"
+    everywhere = set().union(*declared.values(), *map(set, SETTINGS.values())) | {"tasks"}
     assert not set(profile["parameters"]) - everywhere, f"profile {name!r}: {set(profile['parameters']) - everywhere}"
+
+
+def test_notebooks_have_few_parameters_one_parameters_cell_and_no_outputs():
+    """Issue 12: about eight knobs per notebook (profiles set the rest); committed without outputs."""
+    import nbformat
+
+    from nlu_helpers.stages import SETTINGS
+
+    for path in runner.notebook_paths():
+        nb = nbformat.read(path, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
+        declared = _declared()[path.stem]
+        assert len(declared) <= 9, f"{path.name} declares {len(declared)} parameters: {sorted(declared)}"
+        assert not declared & set(SETTINGS[path.stem]), f"{path.name}: {declared & set(SETTINGS[path.stem])} are both"
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name} is committed with outputs"
+
+
+def test_every_code_cell_has_prose_beside_it():
+    """Each code cell after the parameters has a markdown cell before it (possibly shared by a short
+    run of code cells), and the notebook carries far more words of prose than lines of code."""
+    import nbformat
+
+    for path in runner.notebook_paths():
+        cells = nbformat.read(path, as_version=4).cells
+        start = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])) + 1
+        run = 0
+        for cell in cells[start:]:
+            run = run + 1 if cell.cell_type == "code" and "preflight" not in cell.metadata.get("tags", []) else 0
+            assert run <= 1, f"{path.name}: two code cells in a row without prose: {cell.source[:80]!r}"
+        words = sum(len(c.source.split()) for c in cells if c.cell_type == "markdown")
+        lines = sum(len([line for line in c.source.splitlines() if line.strip() and not line.lstrip().startswith("#")])
+                    for c in cells[start:] if c.cell_type == "code")
+        assert words >= 6 * lines, f"{path.name}: {words} words of prose for {lines} lines of code"

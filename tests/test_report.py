@@ -50,3 +50,70 @@ def test_gains_read_predictions_beside_the_results(tmp_path):
     records = report.pick(results.load_results(tmp_path))
     [gain] = report.gains(tmp_path, records, [("zero-shot", "sft")], n_resamples=50)
     assert gain["comparison"] == "sft - zero-shot" and gain["gain"] == pytest.approx(0.5)
+
+
+def _predictions(stage, preds, refs, tmp_path, idx=None, texts=None, task="movie-snippets", split="validation"):
+    acc = sum(p == r for p, r in zip(preds, refs)) / len(refs)
+    rows = [{"index": i, "idx": (idx or list(range(len(refs))))[i], "label": r, "prediction": p,
+             "text": None if texts is None else texts[i]} for i, (p, r) in enumerate(zip(preds, refs))]
+    results.save_result(_record(stage, task, acc, split=split, n=len(refs), settings={"seed": 0}), tmp_path, f"{stage}-{task}", rows)
+
+
+def test_flips_count_and_list_the_rows_one_stage_fixed_and_broke(tmp_path):
+    from nlu_helpers import data
+
+    truth = data.load_split("movie-snippets", "validation", limit=6, shuffle_seed=0)
+    refs, idx = truth["label"], truth["idx"]
+    sft = [refs[0], 1 - refs[1], None, refs[3], 1 - refs[4], refs[5]]   # rows 1, 2 (unparseable), 4 wrong
+    ppo = [refs[0], refs[1], refs[2], 1 - refs[3], 1 - refs[4], refs[5]]  # fixes 1 and 2, breaks 3
+    _predictions("sft", sft, refs, tmp_path, idx=idx, texts=[f" answer {i}" for i in range(6)])
+    _predictions("ppo", ppo, refs, tmp_path, idx=idx)
+    [flip] = report.flips(tmp_path, report.pick(results.load_results(tmp_path)), "sft", "ppo")
+    assert {k: flip[k] for k in ("task", "before", "after", "n", "fixed", "broken", "both_right", "both_wrong")} == {
+        "task": "movie-snippets", "before": "sft", "after": "ppo", "n": 6, "fixed": 2, "broken": 1, "both_right": 2, "both_wrong": 1}
+    assert [(r["change"], r["index"]) for r in flip["rows"]] == [("fixed", 1), ("fixed", 2), ("broken", 3)]
+    words = ("Negative", "Positive")
+    fixed = flip["rows"][1]
+    assert fixed["before"] == "unparseable" and fixed["after"] == fixed["gold"] == words[refs[2]]
+    assert fixed["before_text"] == " answer 2" and fixed["after_text"] is None
+    assert fixed["input"] == f"Sentence: {truth[2]['sentence']}"  # the row's text, reloaded and checked by idx
+
+
+def test_flips_skip_other_rows_and_leave_out_inputs_they_cannot_match(tmp_path):
+    _predictions("sft", [0, 1, 1], [0, 1, 0], tmp_path, idx=[-1, -2, -3])  # no validation row has these idx
+    _predictions("ppo", [0, 1, 0], [0, 1, 0], tmp_path, idx=[-1, -2, -3])
+    _predictions("zero-shot", [1, 1], [0, 1], tmp_path)  # other rows than ppo's: not compared
+    records = report.pick(results.load_results(tmp_path))
+    [flip] = report.flips(tmp_path, records, "sft", "ppo")
+    assert flip["fixed"] == 1 and flip["rows"][0]["input"] is None
+    assert report.flips(tmp_path, records, "zero-shot", "ppo") == []
+    assert report.flips(tmp_path, records, "few-shot", "ppo") == []
+
+
+def test_the_flip_pager_pages_filters_and_reads_as_plain_text_without_a_widget_frontend():
+    rows = [{"change": change, "index": i, "idx": i, "gold": "Positive", "before": "Negative", "after": "Positive",
+             "before_text": None, "after_text": " Positive </Judgement>", "input": f"Sentence: row {i}"}
+            for i, change in enumerate(["fixed", "broken", "fixed"])]
+    pager = report.FlipPager(rows, plain_rows=2)
+    widget = pager.widget()
+    assert "row 0" in pager._card.value and "1 of 3" in pager._card.value
+    pager._next.click()
+    assert "row 1" in pager._card.value and "broken" in pager._card.value
+    pager._previous.click()
+    pager._previous.click()  # wraps around
+    assert "row 2" in pager._card.value
+    pager._filter.value = "fixed"
+    assert [r["index"] for r in pager.shown()] == [0, 2] and "1 of 2" in pager._card.value
+    pager._filter.value = "broken"
+    pager.move(+1)
+    assert "row 1" in pager._card.value and "1 of 1" in pager._card.value
+    with pytest.raises(ValueError, match="change 'all-of-them' is not known; allowed: all, fixed, broken"):
+        pager.filter("all-of-them")
+    bundle = pager._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and widget is pager.widget()
+    assert bundle["text/plain"].splitlines()[0].startswith("3 changed rows (2 fixed, 1 broken by ppo)")
+    assert len(bundle["text/plain"].splitlines()) == 3 and "Sentence: row 1" in bundle["text/plain"]
+    empty = report.FlipPager([])
+    assert "no rows" in empty.card_html()
+    empty.filter("fixed")
+    assert "no fixed rows" in empty.card_html() and empty.plain_text().startswith("0 changed rows")
