@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
@@ -23,17 +24,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from nlu_helpers.ppo import PPOConfig
 
 
-def make_accelerator(config: "PPOConfig", device: str = "auto", mixed_precision: str | None = None) -> "Accelerator":
+def make_accelerator(config: "PPOConfig", device: str = "auto", dtype: str | torch.dtype = "auto") -> "Accelerator":
     """The ``Accelerator`` PPO runs under, set from the launcher's environment.
 
-    DeepSpeed cannot infer its micro-batch from a dataloader here (PPO has none), so the
-    PPO mini-batch and accumulation are written into its config, as TRL's PPO did.
+    A model that runs in fp16 (a GPU without bf16, such as Colab's T4) trains with loss
+    scaling: the LoRA and value-head weights stay fp32 and a GradScaler keeps small fp16
+    gradients from underflowing. DeepSpeed cannot infer its micro-batch from a dataloader
+    here (PPO has none), so the PPO mini-batch and accumulation go into its config, as TRL's PPO did.
     """
     from accelerate import Accelerator
 
     from nlu_helpers import models
 
-    accelerator = Accelerator(cpu=models.pick_device(device).type == "cpu", mixed_precision=mixed_precision)
+    target = models.pick_device(device)
+    fp16 = target.type == "cuda" and models.pick_dtype(dtype, target) == torch.float16
+    accelerator = Accelerator(cpu=target.type == "cpu", mixed_precision="fp16" if fp16 else None)
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
@@ -67,18 +72,31 @@ class TrainingDiverged(RuntimeError):
 
 def apply_gradients(accelerator: "Accelerator", model: nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None,
                     finite_loss: bool) -> float | None:
-    """Clip and apply the accumulated gradients; the gradient norm, or None when the step was skipped.
+    """Clip and apply the accumulated gradients. Returns the gradient norm; None when the step was
+    skipped (counted towards ``max_skipped_updates``); NaN when fp16 loss scaling backed off.
 
     After a synchronised backward every process sees the same gradients, so all take the same
     decision. A non-finite loss or gradient drops the gradients; weights that turn non-finite
     roll back to the last good ones, optimizer state included (a blow-up never reaches the disk).
+    Under fp16 loss scaling, overflowing gradients are the GradScaler's business: it skips the
+    step and lowers its scale, as it is meant to, and that is not a divergence.
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
-    norm = accelerator.clip_grad_norm_(trainable, max_grad_norm) if max_grad_norm is not None else None
+    scaling = getattr(accelerator, "scaler", None) is not None
+    if max_grad_norm is not None:
+        norm = accelerator.clip_grad_norm_(trainable, max_grad_norm)  # unscales first under fp16
+    else:
+        norm = None
+        accelerator.unscale_gradients()  # a no-op without loss scaling
     if norm is None:  # no clipping asked (or DeepSpeed, which clips inside backward)
         grads = [p.grad.float().norm() for p in trainable if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.tensor(0.0)
-    applied = finite_loss and bool(torch.isfinite(torch.as_tensor(norm)))
+    finite_grads = bool(torch.isfinite(torch.as_tensor(norm)))
+    if scaling and finite_loss and not finite_grads:
+        optimizer.step()  # the GradScaler sees the inf, skips the update and lowers the scale
+        optimizer.zero_grad(set_to_none=True)
+        return math.nan
+    applied = finite_loss and finite_grads
     if applied:
         weights, state = [p.detach().clone() for p in trainable], copy.deepcopy(optimizer.state_dict())
         optimizer.step()

@@ -34,12 +34,14 @@ def lora_settings(config: Any) -> Any:
 
 
 def load_policy(model_name: str, lora: Any, *, sft_adapter: str | os.PathLike | None = None, device: str | torch.device = "auto",
-                dtype: str | torch.dtype = "auto") -> tuple["PeftModel", str | None]:
-    """The trainable policy and the name of its reference adapter (None: the reference is the adapter switched off)."""
+                dtype: str | torch.dtype = "auto", load_in_4bit: bool = False) -> tuple["PeftModel", str | None]:
+    """The trainable policy and the name of its reference adapter (None: the reference is the adapter switched off).
+    ``load_in_4bit``: the frozen base in 4 bits (QLoRA, CUDA only); the adapters stay in full precision."""
+    base = dict(device=device, dtype=dtype, load_in_4bit=load_in_4bit)
     if sft_adapter is None:
-        return models.add_lora(models.load_model(model_name, device=device, dtype=dtype), lora), None
+        return models.add_lora(models.load_model(model_name, **base), lora), None
     adapter_dir = Path(sft_adapter).expanduser()
-    policy = models.load_model(model_name, device=device, dtype=dtype, adapter=adapter_dir, trainable_adapter=True)
+    policy = models.load_model(model_name, **base, adapter=adapter_dir, trainable_adapter=True)
     with models._quiet():
         policy.load_adapter(str(adapter_dir), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
     policy.set_adapter(POLICY_ADAPTER)

@@ -39,8 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from accelerate import Accelerator
     from peft import PeftModel
 
-KL_ESTIMATORS = ("k1", "k3")
-OPTIMIZERS = ("adafactor", "adamw")
+KL_ESTIMATORS, OPTIMIZERS = ("k1", "k3"), ("adafactor", "adamw")
 
 
 # ---------------------------------------------------------------------------------------------------- settings
@@ -82,6 +81,7 @@ class PPOConfig:
     lora_bias: str = "none"  # "none", "all" or "lora_only" (see the class docstring)
     lora_target_modules: tuple[str, ...] | str | None = None  # None: PEFT's default (q_proj, v_proj on Llama)
     value_dropout: float = 0.1  # dropout before the value head's linear layer
+    load_in_4bit: bool = False  # QLoRA: the frozen base in 4 bits (CUDA + bitsandbytes), LoRA and value head in full precision
     passes: int = 3  # passes over the training rows when train() is given no step count
     seed: int = 0
 
@@ -167,9 +167,7 @@ class AdaptiveKLController:
 
 
 def make_kl_controller(config: PPOConfig) -> FixedKLController | AdaptiveKLController:
-    if config.adaptive_kl:
-        return AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
-    return FixedKLController(config.kl_coef)
+    return AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon) if config.adaptive_kl else FixedKLController(config.kl_coef)
 
 
 # ---------------------------------------------------------------------------------------------------- the math
@@ -336,7 +334,8 @@ def build_policy(model_name: str, config: PPOConfig, *, sft_adapter: str | os.Pa
                  device: str | torch.device = "auto", dtype: str | torch.dtype = "auto") -> ActorCritic:
     """Load the base model once and make the policy (a fresh LoRA, or the SFT adapter), value head and reference."""
     torch.manual_seed(config.seed)  # a fresh LoRA's A matrices are random
-    policy, reference = load_policy(model_name, lora_settings(config), sft_adapter=sft_adapter, device=device, dtype=dtype)
+    policy, reference = load_policy(model_name, lora_settings(config), sft_adapter=sft_adapter, device=device, dtype=dtype,
+                                    load_in_4bit=config.load_in_4bit)
     head = ValueHead(policy.get_base_model().config.get_text_config().hidden_size, config.value_dropout)
     return ActorCritic(policy, head.to(next(policy.parameters()).device), reference_adapter=reference)
 
@@ -365,7 +364,7 @@ class PPOTrainer(PPORun):
             raise ValueError("task 'record' is judged one candidate at a time: expand rows with tasks.record_candidates first")
         self.rows = checked_rows(self.task, train_rows)
         self.sft_adapter = str(sft_adapter) if sft_adapter is not None else None
-        self.accelerator = accelerator or make_accelerator(config, device)
+        self.accelerator = accelerator or make_accelerator(config, device, dtype)  # fp16 models: loss scaling
         set_seed(config.seed)
         self.tokenizer = models.load_tokenizer(model)
         self.ac = build_policy(self.model_name, config, sft_adapter=sft_adapter, device=self.accelerator.device, dtype=dtype).eval()
@@ -464,7 +463,7 @@ class PPOTrainer(PPORun):
                         step_kl.append(float(approx_kl))
                     grad_norm = apply_gradients(acc, self.model, self.optimizer, cfg.max_grad_norm, finite)
                     skipped += grad_norm is None  # non-finite loss, gradient or weights: nothing was applied
-                    stats["grad_norm"] += [] if grad_norm is None else [grad_norm]
+                    stats["grad_norm"] += [] if grad_norm is None or math.isnan(grad_norm) else [grad_norm]  # NaN: fp16 scale backed off
                     # averaged over processes, so all stop together (DDP would hang on one that went on)
                     if cfg.target_kl is not None and mean_over_processes(acc, float(np.mean(step_kl))) > cfg.target_kl:
                         early_stopped = 1
