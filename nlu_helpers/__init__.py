@@ -4,4 +4,4 @@ Modules, each with one job: ``tasks`` (the GLUE/SuperGLUE registry), ``prompts``
 ``parsing``, ``rewards``, ``metrics``, ``data``, ``models``, ``assets`` (offline files).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
