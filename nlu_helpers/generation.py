@@ -4,7 +4,9 @@ A batch of prompts (left-padded) goes through ``model.generate`` once; each answ
 the token that completes ``</Judgement>`` or at the first end-of-sequence token, and
 whatever a row produced after that is padding. Greedy for evaluation; for PPO each row
 is sampled from its own seed (:class:`SeededGumbelSampler`), so an answer does not depend
-on the other prompts in its batch nor on how many processes share the batch.
+on the other prompts in its batch nor on how many processes share the batch. The prompts'
+shared token prefix (the task part, the demonstrations) runs once and its cache serves every
+row (:mod:`nlu_helpers.prefix_cache`; ``prefix_cache=False`` turns it off).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple, Sequence
 
 import torch
 
+from nlu_helpers import prefix_cache as prefix_cache_lib
 from nlu_helpers.prompts import JUDGEMENT_CLOSE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,12 +134,15 @@ def generate(
     temperature: float = 1.0,
     seeds: Sequence[int] | None = None,
     keep_states: bool = False,
+    prefix_cache: bool = True,
 ) -> Generation:
     """Answer every prompt in one batched ``generate``, stopping at ``</Judgement>``.
 
     Greedy by default. ``do_sample`` samples the full distribution (top_k 0, top_p 1) from
     torch's global RNG; ``seeds`` (one per prompt) samples each row from its own seed
     instead. ``keep_states`` also returns the states the LM head saw (see :func:`_lm_head_inputs`).
+    ``prefix_cache`` runs the prompts' shared token prefix once (:mod:`nlu_helpers.prefix_cache`);
+    the returned ``input_ids`` keep the plain left-padded layout either way.
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -155,8 +161,15 @@ def generate(
     # built from scratch: no sampling defaults inherited from the model
     config = GenerationConfig(**sampling, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=stop_ids, stop_strings=[JUDGEMENT_CLOSE])
+    shared = None
+    if prefix_cache:  # the shared prefix runs here, before the state hook: its states are no answer's
+        rows = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)]
+        shared = prefix_cache_lib.build(model, tokenizer, rows)
+    # [shared | pads | rest] from the prefix's cache, or the plain left-padded batch; both [B, P]
+    inputs = (dict(input_ids=shared.input_ids, attention_mask=shared.attention_mask, cache=shared.cache) if shared is not None
+              else dict(input_ids=prompt_ids, attention_mask=prompt_mask))
     with _lm_head_inputs(model) if keep_states else contextlib.nullcontext() as states:
-        output = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
+        output = model.generate(**inputs, generation_config=config,
                                 logits_processor=LogitsProcessorList(processors), tokenizer=tokenizer)
     generated = output[:, prompt_ids.shape[1]:]  # [B, R'] R' <= max_new_tokens
     lengths = [answer_length(row.tolist(), tokenizer, set(stop_ids)) for row in generated.cpu()]
