@@ -82,6 +82,7 @@ class PPOConfig:
     lora_target_modules: tuple[str, ...] | str | None = None  # None: PEFT's default (q_proj, v_proj on Llama)
     value_dropout: float = 0.1  # dropout before the value head's linear layer
     load_in_4bit: bool = False  # QLoRA: the frozen base in 4 bits (CUDA + bitsandbytes), LoRA and value head in full precision
+    prefix_cache: bool = True  # run the prompts' shared prefix once per rollout (same answers, faster; nlu_helpers.prefix_cache)
     passes: int = 3  # passes over the training rows when train() is given no step count
     seed: int = 0
 
@@ -403,7 +404,7 @@ class PPOTrainer(PPORun):
             ac.eval()
             with gathered_for_generation(self.model, acc):  # ZeRO-3: the whole weights, once per rollout
                 out = generation.generate(ac.policy, self.tokenizer, [self.task.build_prompt(r) for r in rows], max_new_tokens=max_new_tokens,
-                                          do_sample=True, temperature=cfg.temperature, seeds=seeds, keep_states=True)
+                                          do_sample=True, temperature=cfg.temperature, seeds=seeds, keep_states=True, prefix_cache=cfg.prefix_cache)
             ids, attn, mask, batch = out.input_ids, out.attention_mask, out.response_mask, len(rows)  # [B, L], [B, L], [B, R]
 
         # 2. Reward: the reward table scores each answer (+1 right, -1 wrong, -3 unparseable) ---------------------
