@@ -17,7 +17,6 @@ in a temporary folder and swapped in by two renames; a kill between them leaves
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
+from nlu_helpers.assets import sha256_of
 from nlu_helpers.results import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,14 +39,6 @@ REMEDY = "delete the folder (or pass --restart) to start over"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used as it is; the message names the file and the remedy."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def keep_trainable(models: list, weights: list, _output_dir: str) -> None:
@@ -91,7 +83,7 @@ def save(accelerator: "Accelerator", path: str | os.PathLike, state: Mapping[str
     accelerator.save_state(str(build), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        files = {f.name: _sha256(f) for f in sorted(build.iterdir()) if f.is_file()}
+        files = {f.name: sha256_of(f) for f in sorted(build.iterdir()) if f.is_file()}
         write_atomic(build / STATE_FILE, json.dumps({**state, "files": files}, indent=1))
         old = path.with_name(path.name + ".old")
         if path.exists():
@@ -117,7 +109,7 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"checkpoint file {file} is missing; {REMEDY}")
-        if _sha256(file) != digest:
+        if sha256_of(file) != digest:
             raise CheckpointError(f"checkpoint file {file} is damaged (its SHA-256 differs from {STATE_FILE}'s); {REMEDY}")
     return state
 

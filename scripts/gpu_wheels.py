@@ -49,6 +49,9 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repository
+from nlu_helpers.assets import sha256_of as sha256  # noqa: E402
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,14 +133,6 @@ class Wheel:
     built_here: bool = False
     note: str | None = None
     install_if_missing: str | None = None  # a hedge: install only if the device's own version misses this specifier
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pip(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -19,3 +19,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The tiny test model's tokenizer (the real SmolLM2 one); a module may define its own."""
+    from nlu_helpers.models import TINY_MODEL, load_tokenizer
+
+    return load_tokenizer(TINY_MODEL)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The tiny random model on the CPU, in eval mode; a module may define its own."""
+    import torch
+
+    from nlu_helpers.models import TINY_MODEL, load_model
+
+    torch.manual_seed(0)
+    return load_model(TINY_MODEL, device="cpu")

@@ -1,41 +1,48 @@
 """The benchmark entry point (``python -m benchmarks.run``) on tiny models with the smallest sizes.
 
 A benchmark is a script that prints figures: these tests check that it runs, prints its
-table and writes every field of its JSON, and that the bounds are computed as documented.
+table and writes every field of its JSON, that PPO's phase times are the ones its own log
+rows record, and that the bounds are computed as documented and flag a beaten bound.
 They never assert on speed.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import run
+from benchmarks import eval_speed, run
 from nlu_helpers import architectures
 
 TINY = ["--model", "tiny-random", "--quick", "--threads", "1", "--warmup", "0", "--steps", "1", "--sft-steps", "1",
-        "--eval-rows", "4"]
+        "--eval-rows", "4", "--probe-repeats", "2"]
 
-META = {"command", "model", "random_weights", "preset", "task", "parts", "device", "dtype", "threads", "hardware",
+META = {"command", "model", "random_weights", "weights", "preset", "task", "parts", "device", "dtype", "threads", "hardware",
         "hardware_info", "in_process", "sizes", "versions", "started", "note", "ppo_config", "seconds_total"}
-MODEL = {"parameters", "trainable_parameters", "matmul_parameters", "weight_bytes_read_per_decode_step",
-         "kv_bytes_per_token", "dtype", "attn_implementation", "tied_embeddings", "hidden_size", "intermediate_size",
+MODEL = {"parameters", "trainable_parameters", "matmul_parameters", "layer_matmul_parameters", "lm_head_parameters",
+         "lora_parameters", "linear_shapes", "attention_width", "weight_bytes_read_per_decode_step",
+         "kv_bytes_per_token", "dtype", "device", "attn_implementation", "tied_embeddings", "hidden_size", "intermediate_size",
          "num_hidden_layers", "vocab_size"}
 MEMORY = {"peak_gib", "peak_rss_gib", "seconds_total", "load_average", "model"}
 EVAL_MODE = {"examples_per_s", "seconds", "accuracy", "unparseable", "peak_gib"}
 EVAL = MEMORY | {"rows", "batch_size", "mean_prompt_tokens", "generate", "score"}
 SFT = MEMORY | {"trainable_parameters", "total_parameters", "batch_size", "gradient_accumulation_steps", "sequences_per_step",
-                "steps_measured", "step_seconds", "median_step_s", "steps_per_s", "tokens_per_step", "tokens_per_s"}
-PHASE = {"median_s", "peak_gib"}
-PPO = MEMORY | {"trainable_parameters", "config", "steps_measured", "step_seconds", "median_step_s", "phases",
-                "samples_per_step", "seconds_per_sample", "mean_response_tokens", "mean_reward", "prompt_width",
-                "response_width", "update_tokens", "profile", "dtype", "kv_cache", "torch_threads"}
+                "steps_measured", "step_seconds", "median_step_s", "steps_per_s", "tokens_per_step", "tokens_per_s", "step_peak_gib"}
+PHASE = {"median_s", "seconds"}
+PPO = MEMORY | {"trainable_parameters", "config", "steps_measured", "step_seconds", "median_step_s", "step_wall_seconds",
+                "phases", "phase_source", "log_rows", "memory", "samples_per_step", "seconds_per_sample", "mean_response_tokens",
+                "mean_reward", "prompt_width", "response_width", "update_tokens", "update_work", "profile", "dtype", "kv_cache",
+                "torch_threads"}
+UPDATE_WORK = {"epochs", "tokens", "answer_tokens", "sum_squared_lengths", "minibatch_tokens", "minibatch_answer_tokens"}
 GRPO = MEMORY | {"trainable_parameters", "num_generations", "prompts_per_cycle", "completions_per_cycle",
                  "steps_per_cycle", "steps_per_generation", "num_iterations", "per_device_train_batch_size",
-                 "activation_checkpointing",
-                 "cycles_measured", "cycle_seconds", "median_cycle_s", "seconds_per_sample", "phases",
-                 "mean_completion_tokens", "mean_reward"}
-BOUNDS = {"bandwidth_bytes_per_s", "peak_flops", "rates_source", "decode", "update", "score_floor"}
+                 "activation_checkpointing", "cycles_measured", "cycle_seconds", "step_seconds", "median_cycle_s",
+                 "seconds_per_sample", "phases", "phase_source", "device", "dtype", "mean_completion_tokens", "mean_reward"}
+BOUNDS = {"bandwidth_bytes_per_s", "peak_flops", "rates_source", "probe", "flags", "decode", "update", "score_floor"}
+UPDATE = {"model_flops", "seconds_at_peak", "measured_s", "mfu", "mfu_lora_4n", "flops_done", "achieved_flops_per_s",
+          "utilisation", "exceeds_peak"}
+PROBE_SHAPE = {"shape", "calls_per_repeat", "best_flops", "median_flops", "worst_flops", "relative_spread"}
 DECODE = {"bytes_per_step", "bound_ms_per_step", "bound_tokens_per_s", "measured_ms_per_step", "generation_bound_s",
           "generation_measured_s", "fraction_of_bound"}
 TARGET = {"ratio", "goal", "met"}
@@ -66,15 +73,28 @@ def test_every_part_in_one_process_writes_every_field_and_prints_the_table(tmp_p
     for mode in ("generate", "score"):
         _has(result["eval"][mode], EVAL_MODE, f"eval.{mode}")
     _has(result["sft"], SFT, "sft")
-    _has(result["ppo"], PPO, "ppo")
-    for phase in ("generate", "score", "reference", "update", "other"):
-        _has(result["ppo"]["phases"][phase], PHASE, f"ppo.phases.{phase}")
+    ppo = result["ppo"]
+    _has(ppo, PPO, "ppo")
+    _has(ppo["update_work"], UPDATE_WORK, "ppo.update_work")
+    assert set(ppo["phases"]) == {*run.PPO_PHASES, "other"}
+    for phase in ppo["phases"].values():
+        _has(phase, PHASE, "ppo.phases")
+    assert ppo["memory"]["step_peak_gib"] > 0 and ppo["memory"]["no_update_peak_gib"] > 0
     _has(result["grpo"], GRPO, "grpo")
-    for phase in ("generate", "score", "update"):
-        _has(result["grpo"]["phases"][phase], PHASE, f"grpo.phases.{phase}")
+    for phase in ("generate_and_score", "update"):
+        _has(result["grpo"]["phases"][phase], PHASE | {"peak_gib"}, f"grpo.phases.{phase}")
     _has(result["bounds"], BOUNDS, "bounds")
     _has(result["bounds"]["decode"], DECODE, "bounds.decode")
-    _has(result["bounds"]["update"], {"model_flops", "seconds_at_peak", "measured_s", "mfu", "mfu_lora_4n"}, "bounds.update")
+    _has(result["bounds"]["update"], UPDATE, "bounds.update")
+    probe = result["bounds"]["probe"]["matmul"]
+    assert probe["repeats"] == 2 and result["bounds"]["probe"]["copy"]["repeats"] == 2
+    # the update's own shapes: every decoder linear layer at the mini-batch's tokens, the LM head at its answer tokens
+    layers = result["model"]["linear_shapes"]["layers"]
+    assert [s["shape"] for s in probe["shapes"]] == ([[ppo["update_work"]["minibatch_tokens"], i, o] for i, o, _n in layers]
+                                                     + [[ppo["update_work"]["minibatch_answer_tokens"], *result["model"]["linear_shapes"]["head"]]])
+    for shape in probe["shapes"]:
+        _has(shape, PROBE_SHAPE, "bounds.probe.matmul.shapes")
+    assert result["bounds"]["peak_flops"] == probe["peak_flops"] == max(s["best_flops"] for s in probe["shapes"])
     for name in ("ppo_vs_grpo_seconds_per_sample", "ppo_vs_sft_peak_memory"):
         _has(result["targets"][name], TARGET, f"targets.{name}")
     # same work on both sides of the PPO/GRPO comparison
@@ -87,12 +107,44 @@ def test_every_part_in_one_process_writes_every_field_and_prints_the_table(tmp_p
     assert result["ppo"]["trainable_parameters"] == result["sft"]["trainable_parameters"] + result["model"]["hidden_size"] + 1
     assert result["model"]["attn_implementation"] == "sdpa"
     assert (tmp_path / "profile" / "ppo-profile.txt").is_file()
+    # the profiled step's phases are the torch.profiler ranges PPOTrainer.step labels itself
+    assert set(ppo["profile"]["phases"]) == set(run.PPO_PHASES) and all(s > 0 for s in ppo["profile"]["phases"].values())
     assert returned == result
     table = capsys.readouterr().out
-    for text in ("eval generate", "eval score", "sft", "tokens/s", "trainable parameters", "rollout generation",
-                 "reference scoring", "update", "grpo (TRL)", "s per generated sample", "decoding:", "MFU",
-                 "target PPO s/sample", "target PPO peak", "load average"):
+    for text in ("eval generate", "eval score", "sft", "tokens/s", "trainable parameters", "rollout (generation)",
+                 "reference", "KL rewards, GAE", "update", "grpo (TRL)", "s per generated sample", "rate probe", "decoding:",
+                 "FLOPs done", "MFU", "target PPO s/sample", "target PPO peak", "load average"):
         assert text in table, text
+
+
+def test_ppo_phase_times_are_the_log_rows_of_the_timed_steps(tmp_path):
+    """No function is replaced to time PPO: each phase's seconds are its log rows' ``seconds_<phase>``, and
+    with the rest (KL controller, logging) they make up ``seconds_step``, itself inside the wall time around step()."""
+    out = tmp_path / "bench.json"
+    run.main(TINY + ["--parts", "ppo", "--steps", "2", "--in-process", "--json", str(out)])
+    ppo = json.loads(out.read_text())["ppo"]
+    rows = ppo["log_rows"]
+    assert len(rows) == ppo["steps_measured"] == 2 and [r["step"] for r in rows] == [1, 2]
+    assert ppo["step_seconds"] == [r["seconds_step"] for r in rows]
+    for name in run.PPO_PHASES:
+        assert ppo["phases"][name]["seconds"] == [r[f"seconds_{name}"] for r in rows]
+        assert all(s > 0 for s in ppo["phases"][name]["seconds"])
+    for i, row in enumerate(rows):
+        phases = sum(row[f"seconds_{name}"] for name in run.PPO_PHASES)
+        assert ppo["phases"]["other"]["seconds"][i] == pytest.approx(row["seconds_step"] - phases)
+        assert 0.75 * row["seconds_step"] <= phases <= row["seconds_step"]  # the rest is bookkeeping
+        assert row["seconds_scoring"] == pytest.approx(row["seconds_reward"] + row["seconds_reference"] + row["seconds_advantages"])
+        assert row["seconds_step"] <= ppo["step_wall_seconds"][i]
+
+
+def test_ppo_phases_from_log_rows():
+    rows = [{"seconds_rollout": 1.0, "seconds_reward": 0.01, "seconds_reference": 0.5, "seconds_advantages": 0.02,
+             "seconds_update": 3.0, "seconds_step": 4.6},
+            {"seconds_rollout": 2.0, "seconds_reward": 0.01, "seconds_reference": 0.7, "seconds_advantages": 0.02,
+             "seconds_update": 5.0, "seconds_step": 7.8}]
+    phases = run.ppo_phases(rows)
+    assert phases["rollout"] == {"median_s": 1.5, "seconds": [1.0, 2.0]}
+    assert phases["other"]["seconds"] == pytest.approx([0.07, 0.07])
 
 
 def test_a_part_runs_in_its_own_process(tmp_path, capsys):
@@ -113,9 +165,15 @@ def test_gpu_path_on_a_tiny_random_architecture_in_bf16(tmp_path, monkeypatch, c
     monkeypatch.setitem(architectures.ARCHITECTURES, "tiny-qwen2", tiny)
     out = tmp_path / "bench.json"
     run.main(["--model", "tiny-qwen2", "--dtype", "bf16", "--parts", "eval,ppo", "--in-process", "--bandwidth-tbs", "3.35",
-              "--peak-tflops", "989"] + TINY[2:] + ["--json", str(out)])
+              "--peak-tflops", "989", "--weights-dir", str(tmp_path / "weights")] + TINY[2:] + ["--json", str(out)])
     result = json.loads(out.read_text())
     assert result["meta"]["random_weights"] is True and result["meta"]["dtype"] == "bfloat16"
+    # written once as a model folder that the package's own loaders read by path
+    folder = Path(result["meta"]["weights"])
+    assert folder.parent == tmp_path / "weights" and (folder / "config.json").is_file() and (folder / "benchmark-random.json").is_file()
+    stamp = (folder / "benchmark-random.json").stat().st_mtime_ns
+    assert run.random_model_folder("tiny-qwen2", device="cpu", dtype=torch.bfloat16, root=tmp_path / "weights") == folder
+    assert (folder / "benchmark-random.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert result["model"]["dtype"] == "bfloat16" and result["model"]["attn_implementation"] == "sdpa"
     assert result["model"]["vocab_size"] == 49152  # widened from 1000 to the embedded tokenizer's
     assert result["model"]["kv_bytes_per_token"] == 2 * 2 * 2 * 16 * 2  # K and V x layers x kv heads x head dim x bf16
@@ -123,15 +181,49 @@ def test_gpu_path_on_a_tiny_random_architecture_in_bf16(tmp_path, monkeypatch, c
     assert "decoding:" in capsys.readouterr().out
 
 
+MODEL_7B = {"weight_bytes_read_per_decode_step": 14e9, "kv_bytes_per_token": 1e5, "matmul_parameters": 7e9,
+            "layer_matmul_parameters": 6e9, "lora_parameters": 2e7, "lm_head_parameters": 5e8, "num_hidden_layers": 28,
+            "attention_width": 3584}
+WORK = {"epochs": 4, "tokens": 16 * 130, "answer_tokens": 16 * 30, "sum_squared_lengths": 16 * 130**2,
+        "minibatch_tokens": 8 * 130, "minibatch_answer_tokens": 8 * 30}
+
+
+def _ppo(update_s: float) -> dict:
+    return {"ppo": {"model": MODEL_7B, "samples_per_step": 16, "prompt_width": 100, "response_width": 30,
+                    "phases": {"rollout": {"median_s": 2.0}, "update": {"median_s": update_s}}, "update_tokens": 4 * 16 * 130,
+                    "update_work": WORK}, "eval": None}
+
+
 def test_bounds_follow_their_formulas():
-    model = {"weight_bytes_read_per_decode_step": 14e9, "kv_bytes_per_token": 1e5, "matmul_parameters": 7e9}
-    result = {"ppo": {"model": model, "samples_per_step": 16, "prompt_width": 100, "response_width": 30,
-                      "phases": {"generate": {"median_s": 2.0}, "update": {"median_s": 4.0}}, "update_tokens": 4 * 16 * 130},
-              "eval": None}
-    figures = run.bounds(result, {"bandwidth_bytes_per_s": 3.35e12, "peak_flops": 989e12, "source": "test"})
+    figures = run.bounds(_ppo(4.0), {"bandwidth_bytes_per_s": 3.35e12, "peak_flops": 989e12, "source": "test"})
     step_bytes = 14e9 + 16 * (100 + 15) * 1e5  # weights + KV cache at the mean context
     assert figures["decode"]["bytes_per_step"] == pytest.approx(step_bytes)
     assert figures["decode"]["bound_ms_per_step"] == pytest.approx(1e3 * step_bytes / 3.35e12)
     prefill = max(2 * 7e9 * 16 * 100 / 989e12, 14e9 / 3.35e12)
     assert figures["decode"]["generation_bound_s"] == pytest.approx(prefill + 30 * step_bytes / 3.35e12)
     assert figures["update"]["mfu"] == pytest.approx(6 * 7e9 * 4 * 16 * 130 / 4.0 / 989e12)
+    # what the LoRA update does: frozen weights forward + input gradients (4), LoRA (6), the head on answers (4),
+    # causal attention (6 x width x layers x L^2)
+    done = 4 * (4 * 6e9 * 2080 + 6 * 2e7 * 2080 + 4 * 5e8 * 480 + 6 * 28 * 3584 * 16 * 130**2)
+    assert figures["update"]["flops_done"] == pytest.approx(done)
+    assert figures["update"]["utilisation"] == pytest.approx(done / 4.0 / 989e12)
+    assert figures["update"]["exceeds_peak"] is False and figures["flags"] == []
+
+
+def test_an_update_faster_than_the_peak_is_flagged():
+    """A bound the program beats is no bound: the figure stays, and a flag says so."""
+    done = run.update_flops(MODEL_7B, WORK)
+    peak = done / 1.0 / 1.2  # the update ran at 120% of this "peak"
+    figures = run.bounds(_ppo(1.0), {"bandwidth_bytes_per_s": 3.35e12, "peak_flops": peak, "source": "test"})
+    assert figures["update"]["utilisation"] == pytest.approx(1.2) and figures["update"]["exceeds_peak"] is True
+    assert any("no bound" in flag for flag in figures["flags"])
+
+
+def test_matmul_probe_takes_the_best_of_its_repeats_and_reports_the_spread():
+    probe = eval_speed.matmul_probe([(32, 16, 24), (8, 16, 64)], repeats=3, min_seconds=0.001)
+    assert probe["repeats"] == 3 and [s["shape"] for s in probe["shapes"]] == [[32, 16, 24], [8, 16, 64]]
+    for shape in probe["shapes"]:
+        assert shape["worst_flops"] <= shape["median_flops"] <= shape["best_flops"]
+        assert shape["relative_spread"] == pytest.approx((shape["best_flops"] - shape["worst_flops"]) / shape["best_flops"])
+    assert probe["peak_flops"] == max(s["best_flops"] for s in probe["shapes"])
+    assert probe["max_relative_spread"] == max(s["relative_spread"] for s in probe["shapes"])

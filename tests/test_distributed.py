@@ -60,20 +60,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # --------------------------------------------------------------------------- the pieces, in one process
 
 
-def test_gumbel_sampler_draws_from_the_softmax_at_the_temperature():
-    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
-    temperature, n = 0.8, 6000
-    picks = generation.SeededGumbelSampler(range(n), temperature)(None, logits.expand(n, -1)).argmax(-1)
-    frequencies = torch.bincount(picks, minlength=4).double() / n
-    expected = torch.softmax(logits.double() / temperature, -1)
-    assert ((frequencies - expected).abs() <= 4 * (expected * (1 - expected) / n).sqrt()).all(), (frequencies, expected)
-    # the same seed, the same draw; one seed per row is required
-    again = generation.SeededGumbelSampler(range(n), temperature)(None, logits.expand(n, -1)).argmax(-1)
-    assert torch.equal(picks, again)
-    with pytest.raises(ValueError, match="3 seeds for a batch of 2 rows"):
-        generation.SeededGumbelSampler([1, 2, 3], 1.0)(None, torch.zeros(2, 4))
-
-
 def test_a_prompts_answer_depends_on_its_seed_only_not_on_its_batch():
     tokenizer = models.load_tokenizer(models.TINY_MODEL)
     policy = models.load_model(models.TINY_MODEL, device="cpu")
@@ -260,9 +246,9 @@ def test_two_process_ppo_resumes_and_equals_one_process_with_the_same_global_bat
     assert state["step_count"] == 2 and state["num_processes"] == 2
     logged = state["history"]
     assert [r["step"] for r in logged] == [1, 2]
-    for distributed, alone in zip(logged, trainer.history):
+    for two, alone in zip(logged, trainer.history):
         for key in ("reward", "accuracy", "unparseable", "kl", "response_length", "kl_coef", "max_new_tokens", "early_stopped"):
-            assert distributed[key] == pytest.approx(alone[key], abs=1e-5), key
+            assert two[key] == pytest.approx(alone[key], abs=1e-5), key
         assert distributed["early_stopped"] == 1
     assert (two / "adapters" / "ppo-movie-snippets" / "adapter_model.safetensors").is_file()
     print(f"distributed PPO test: {time.perf_counter() - started:.1f} s")

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from examples import EXAMPLES
+from examples import teach
 from nlu_helpers import evaluation, metrics
-from nlu_helpers.models import TINY_MODEL, load_model, load_tokenizer
+from nlu_helpers.models import TINY_MODEL, load_model
 from nlu_helpers.prompts import JUDGEMENT_CLOSE
 from nlu_helpers.tasks import get_task
 
@@ -17,15 +18,6 @@ SST2_ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(TINY_MODEL)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return load_model(TINY_MODEL, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +26,9 @@ def answering_model(tokenizer):
     " Positive </Judgement>" and then keep going, so the stop string has work to do."""
     torch.manual_seed(0)
     model = load_model(TINY_MODEL, device="cpu")
-    model.train()
     prompt = tokenizer(get_task("sst2").build_prompt(SST2_ROWS[0]))["input_ids"]
     answer = tokenizer(" Positive </Judgement> and more words after it", add_special_tokens=False)["input_ids"]
-    ids, labels = torch.tensor([prompt + answer]), torch.tensor([[-100] * len(prompt) + answer])
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(60):
-        model(input_ids=ids, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
+    teach(model, prompt, answer)
     return model
 
 

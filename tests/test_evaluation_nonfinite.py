@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nlu_helpers import evaluation
-from nlu_helpers.models import TINY_MODEL, add_lora, load_model, load_tokenizer, lora_config
+from nlu_helpers.models import TINY_MODEL, add_lora, load_model, lora_config
 
 ROWS = [
     {"sentence": "a gorgeous, witty, seductive movie.", "label": 1},
@@ -15,10 +15,6 @@ ROWS = [
     {"sentence": "flat, lifeless and far too long.", "label": 0},
 ]
 
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(TINY_MODEL)
 
 
 def test_scoring_with_nan_weights_is_refused_naming_task_and_model(tokenizer):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nlu_helpers import data, generation, models
+from nlu_helpers import data, generation
 from nlu_helpers.prompts import JUDGEMENT_CLOSE
 from nlu_helpers.tasks import get_task
 
@@ -11,15 +11,6 @@ TASK = "movie-snippets"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return models.load_tokenizer(models.TINY_MODEL)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return models.load_model(models.TINY_MODEL, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,12 @@ scores within 1e-5, PPO's rollout tensors and losses within 1e-5, and a clean fa
 batch shares too little or the model's cache cannot be shared.
 """
 
-import functools
+import dataclasses
 
 import pytest
 import torch
 
 from nlu_helpers import data, evaluation, generation, models, ppo, prefix_cache
-from nlu_helpers.models import TINY_MODEL, load_model, load_tokenizer
 from nlu_helpers.tasks import get_task
 
 SENTENCES = [
@@ -32,15 +31,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(TINY_MODEL)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return load_model(TINY_MODEL, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +161,9 @@ def test_a_sliding_window_cache_is_not_shared():
 SMALL = ppo.preset("smoke", prompts_per_step=4, batch_size=2, gradient_accumulation_steps=2, ppo_epochs=1, max_new_tokens=(3, 5))
 
 
-def _ppo_step(rows, monkeypatch, use_cache: bool):
-    monkeypatch.setattr(generation, "generate", functools.partial(_GENERATE, prefix_cache=use_cache))
-    trainer = ppo.PPOTrainer(models.TINY_MODEL, "movie-snippets", rows, SMALL, device="cpu")
+def _ppo_step(rows, use_cache: bool):
+    config = dataclasses.replace(SMALL, prefix_cache=use_cache)  # PPOConfig's switch
+    trainer = ppo.PPOTrainer(models.TINY_MODEL, "movie-snippets", rows, config, device="cpu")
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a fresh LoRA is a no-op: make the adapter matter
         for name, p in trainer.policy.named_parameters():
@@ -184,14 +174,11 @@ def _ppo_step(rows, monkeypatch, use_cache: bool):
     return trainer.last_step, log
 
 
-_GENERATE = generation.generate
-
-
-def test_ppo_rollout_and_losses_equal_with_and_without(monkeypatch, built):
+def test_ppo_rollout_and_losses_equal_with_and_without(built):
     rows = list(data.load_split("movie-snippets", "train", limit=8))
-    plain, plain_log = _ppo_step(rows, monkeypatch, use_cache=False)
+    plain, plain_log = _ppo_step(rows, use_cache=False)
     assert built["used"] == 0
-    cached, cached_log = _ppo_step(rows, monkeypatch, use_cache=True)
+    cached, cached_log = _ppo_step(rows, use_cache=True)
     assert built["used"] == 1
     assert torch.equal(cached.response_ids, plain.response_ids) and cached.texts == plain.texts
     for name in ("logprobs", "ref_logprobs", "values"):

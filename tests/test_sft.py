@@ -29,10 +29,6 @@ def rows():
     return list(data.load_split(OFFLINE_TASK, "train", limit=8))
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return models.load_tokenizer(models.TINY_MODEL)
-
 
 def _adapter(folder):
     return load_file(Path(folder) / "adapter_model.safetensors")

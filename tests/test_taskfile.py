@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from examples import teach
 from nlu_helpers import data, evaluation
 from nlu_helpers.models import TINY_MODEL, load_model, load_tokenizer
 from nlu_helpers.parsing import parse_answer
@@ -195,17 +196,10 @@ def not_sure_model(sure_task, tokenizer):
     """The tiny model after a few gradient steps on one answer: it writes " Not sure </Judgement>"."""
     torch.manual_seed(0)
     model = load_model(TINY_MODEL, device="cpu")
-    model.train()
     row = data.load_split(sure_task, "train")[1]
     prompt = tokenizer(sure_task.build_prompt(row))["input_ids"]
     answer = tokenizer(sure_task.target(row), add_special_tokens=False)["input_ids"]
-    ids, labels = torch.tensor([prompt + answer]), torch.tensor([[-100] * len(prompt) + answer])
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(60):
-        model(input_ids=ids, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return model.eval()
+    return teach(model, prompt, answer)
 
 
 def test_a_user_task_runs_through_both_evaluation_modes(sure_task, not_sure_model, tokenizer):
