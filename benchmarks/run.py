@@ -6,34 +6,46 @@
 
 ``--model`` is a hub id, a local folder, ``embedded``/``tiny-random``, or an architecture
 name of :mod:`nlu_helpers.architectures` (``smollm2-135m``, ``qwen2.5-0.5b``, ``qwen2.5-1.5b``,
-``qwen2.5-7b``, ``llama-2-7b``), built with random weights (speed and memory do not depend
-on the values) and the embedded model's tokenizer.
+``qwen2.5-7b``, ``llama-2-7b``), built once with random weights (speed and memory do not
+depend on the values) and the embedded model's tokenizer, and written as an ordinary model
+folder (``--weights-dir``, default the workbook's cache) that every part loads by path.
 
-Every workload runs in its own process (``--in-process`` runs them in this one, for tests),
-so each has its own memory peak: CUDA ``max_memory_allocated`` on a GPU, peak RSS on the CPU
-(``VmHWM``, reset between phases through ``/proc/self/clear_refs``). Each is warmed up,
-then timed over several steps; figures are medians.
+Nothing of the package is replaced at run time: the figures come from what the code records.
 
-- ``eval``: examples/s of ``evaluation.evaluate`` in both modes (generate, score).
+- ``eval``: examples/s of ``evaluation.evaluate`` in both modes (generate, score), timed
+  around whole calls.
 - ``sft``: TRL's SFTTrainer as ``sft.make_trainer`` builds it, on the PPO batch's rows with
-  the PPO mini-batch: steps/s, tokens/s, trainable parameters.
-- ``ppo``: ``ppo.PPOTrainer.step`` seconds split into generation, policy/value scoring,
-  reference scoring, update and the rest; seconds per generated sample.
-- ``grpo``: ``ppo.train_grpo`` (TRL's GRPOTrainer, same reward, same stop string) on the same
+  the PPO mini-batch: steps/s (a ``TrainerCallback`` around each optimizer step), tokens/s
+  (TRL's ``num_tokens`` in the log), trainable parameters.
+- ``ppo``: ``ppo.PPOTrainer.step``: its phases are the ``seconds_<phase>`` of its own log
+  rows (``nlu_helpers.timing.phase``: rollout, reward, reference, advantages, update;
+  the rest of ``seconds_step`` is the KL controller and logging); seconds per generated sample.
+- ``grpo``: ``grpo.train_grpo`` (TRL's GRPOTrainer, same reward, same stop string) on the same
   work: as many completions per generation as PPO samples per step, the same mini-batch,
   as many passes (``num_iterations``) as PPO epochs, the same answer cap and temperature.
+  Timed per optimizer step by a callback: a cycle's first step generates and scores, the
+  others only update, so generation + scoring = first step - a plain update step.
 
-Then the bounds: decoding's memory-bandwidth bound (bytes of weights + KV cache read per
-decode step / bandwidth) and the update's model FLOPs utilisation (6 x params x tokens /
-time / peak FLOP/s), against ``--bandwidth-tbs`` and ``--peak-tflops`` (H100 SXM figures by
-default on a GPU; on a CPU the rates measured here unless given). A script, not a test.
+Every part runs in its own process (``--in-process`` runs them in this one, for tests), so
+each has its own memory peak: CUDA ``max_memory_allocated`` on a GPU, peak RSS on the CPU
+(``VmHWM``, reset through ``/proc/self/clear_refs``), taken around whole steps (a PPO step, a
+PPO step without its update, a trainer step). Each part is warmed up, then timed over
+several steps; figures are medians.
+
+Then the bounds, against rates probed here (best of ``--probe-repeats`` repeats, on the PPO
+update's own matmul shapes at its mini-batch's token count, with their spread) or given
+(``--peak-tflops``, ``--bandwidth-tbs``; H100 SXM figures by default on a GPU): decoding's
+memory-bandwidth bound, and the update's utilisation, from the FLOPs it does (forward and
+input gradients through the frozen weights, LoRA's gradients, the LM head on answer tokens,
+causal attention; real tokens only) and by the 6N convention. A figure above 100% of its
+bound is flagged: the probe was then no bound (a contended probe). A script, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
+import hashlib
 import json
 import os
 import re
@@ -49,11 +61,14 @@ from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("eval", "sft", "ppo", "grpo")
+PPO_PHASES = ("rollout", "reward", "reference", "advantages", "update")  # PPOTrainer.step's timing.phase names, in order
 GIB = 2**30
 H100_BANDWIDTH_TBS = 3.35  # H100 SXM HBM3
 H100_BF16_TFLOPS = 989.0  # H100 SXM bf16 dense
+PROBE_REPEATS = 7
 MACHINE_NOTE = ("figures are medians after warm-up; on a shared machine (other people's tests and trainings "
                 "ran concurrently) they are noisy: compare runs made side by side")
+RANDOM_RECIPE = 1  # bump when the random-weight folder's recipe changes: cached folders are then rebuilt
 
 
 @dataclass(frozen=True)
@@ -94,7 +109,7 @@ def ppo_config(spec: dict):
 
 
 # =======================================================================================
-# Models: random-weight architectures, and one dtype/device for every load
+# Models: random-weight architectures as model folders, and what a model is made of
 # =======================================================================================
 
 
@@ -119,47 +134,59 @@ def random_model(name: str, *, device, dtype, vocab_size: int):
     return model.eval()
 
 
-@contextlib.contextmanager
-def model_source(spec: dict) -> Iterator[None]:
-    """Route the library's ``models.load_model``/``load_tokenizer`` through the benchmark's choice.
+def random_model_folder(name: str, *, device, dtype, root: str | os.PathLike | None = None) -> Path:
+    """An architecture with random weights as a model folder (weights, config, the embedded tokenizer).
 
-    The library loads models by name (``PPOTrainer``, ``sft.make_trainer``, ``train_grpo``);
-    here every load gets the benchmark's device and dtype, and an architecture name gets
-    random weights (no folder of many GB written and read back) with the embedded tokenizer.
+    Written once per architecture, dtype and recipe, then reused: every part (and the package's own
+    loaders: ``PPOTrainer``, ``sft.make_trainer``, ``train_grpo``) loads it by path like any model.
+    Built on ``device`` (a GPU initialises a 7B model in seconds), written to a temporary sibling and
+    renamed into place, so a folder that exists is complete.
     """
-    from nlu_helpers import models
+    import gc
+    import shutil
 
-    plain_model, plain_tokenizer = models.load_model, models.load_tokenizer
-    name = spec["model"]
-    random = is_architecture(name)
+    import torch
 
-    def load_tokenizer(name_or_path, **kwargs):
-        if random and os.fspath(name_or_path) == name:
-            return plain_tokenizer(models.EMBEDDED_MODEL, **kwargs)
-        return plain_tokenizer(name_or_path, **kwargs)
+    from nlu_helpers import architectures, models
+    from nlu_helpers.assets import cache_dir
 
-    def load_model(name_or_path, *, device="auto", dtype="auto", **kwargs):
-        device = models.pick_device(spec["device"])
-        dtype = models.pick_dtype(spec["dtype"], device)
-        if random and os.fspath(name_or_path) == name:
-            if kwargs.get("adapter") is not None or kwargs.get("load_in_4bit"):
-                raise ValueError("random-weight architectures take no adapter and no 4-bit loading")
-            tokenizer = load_tokenizer(name)
-            model = random_model(name, device=device, dtype=dtype, vocab_size=len(tokenizer))
-            model.generation_config.pad_token_id = tokenizer.pad_token_id
-            model.generation_config.eos_token_id = tokenizer.eos_token_id
-            return model
-        return plain_model(name_or_path, device=device, dtype=dtype, **kwargs)
-
-    models.load_model, models.load_tokenizer = load_model, load_tokenizer
+    tokenizer = models.load_tokenizer(models.EMBEDDED_MODEL)
+    recipe = {"architecture": architectures.architecture(name), "vocab_size": len(tokenizer),
+              "dtype": str(dtype).removeprefix("torch."), "recipe": RANDOM_RECIPE}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    parent = Path(root) if root is not None else cache_dir() / "benchmark-models"
+    target = parent / f"{name.strip().lower()}-{recipe['dtype']}-{digest}"
+    if (target / "benchmark-random.json").is_file():
+        return target
+    parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=parent))
     try:
-        yield
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = random_model(name, device=device, dtype=dtype, vocab_size=len(tokenizer))
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.save_pretrained(build)
+        tokenizer.save_pretrained(build)
+        (build / "benchmark-random.json").write_text(json.dumps(recipe, indent=1))
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        build.chmod(0o755)
+        try:
+            build.rename(target)
+        except OSError:  # another run put it in place first
+            if not (target / "benchmark-random.json").is_file():
+                raise
     finally:
-        models.load_model, models.load_tokenizer = plain_model, plain_tokenizer
+        shutil.rmtree(build, ignore_errors=True)
+    return target
 
 
 def model_info(model) -> dict:
-    """Parameter counts and the bytes one decode step reads, from the model object itself."""
+    """Parameter counts, the matmuls a pass runs and the bytes one decode step reads, from the model object itself."""
+    from benchmarks.eval_speed import linear_shapes
     from nlu_helpers import models
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -179,13 +206,20 @@ def model_info(model) -> dict:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     itemsize = embedding.element_size()
     trainable, _ = models.trainable_parameters(model)
+    linear = linear_shapes(model)
     return {
         "parameters": total,
         "trainable_parameters": trainable,
         "matmul_parameters": total - lookup_only,
+        "layer_matmul_parameters": linear["layer_parameters"],  # the decoder blocks' linear layers (not LoRA's, not the head)
+        "lm_head_parameters": linear["head"][0] * linear["head"][1],
+        "lora_parameters": linear["lora_parameters"],
+        "linear_shapes": linear,
+        "attention_width": config.num_attention_heads * head_dim,
         "weight_bytes_read_per_decode_step": weight_bytes - lookup_only * itemsize,
         "kv_bytes_per_token": 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * itemsize,
         "dtype": str(dtype).removeprefix("torch."),
+        "device": str(embedding.device),
         "attn_implementation": getattr(base.config, "_attn_implementation", None),
         "tied_embeddings": tied,
         "hidden_size": config.hidden_size,
@@ -196,7 +230,7 @@ def model_info(model) -> dict:
 
 
 # =======================================================================================
-# Time and peak memory by phase
+# Peak memory around whole blocks
 # =======================================================================================
 
 
@@ -206,11 +240,12 @@ def _hwm_bytes() -> int:
 
 
 class Meter:
-    """Wall time per phase (lists) and peak memory per phase: CUDA max allocated, else RSS.
+    """Wall time and peak memory of blocks the benchmark runs whole (an evaluation pass, a PPO step,
+    a trainer step): CUDA max allocated on a GPU, else RSS.
 
-    On Linux the RSS high-water mark is reset before each phase (``/proc/self/clear_refs``);
-    ``overall`` keeps the peak of the whole process (model loading included), read before
-    every reset, so no part of the run escapes it.
+    On Linux the RSS high-water mark is reset at each block's start (``/proc/self/clear_refs``);
+    ``overall`` keeps the peak of the whole process (model loading included), read before every
+    reset, so no part of the run escapes it.
     """
 
     def __init__(self, device):
@@ -219,12 +254,14 @@ class Meter:
         self.torch = torch
         self.cuda = device.type == "cuda"
         self.seconds: dict[str, list[float]] = {}
-        self.peaks: dict[str, float] = {}
+        self.peaks: dict[str, int] = {}
         self.overall_rss = 0
-        self.overall_cuda = 0  # CUDA max allocated over the whole run, read before every reset
+        self.overall_cuda = 0  # CUDA max allocated over the part, read before every reset
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()  # from here: a random-weight build before this part is not its peak
         try:
-            _hwm_bytes()
             Path("/proc/self/clear_refs").write_text("5")
+            _hwm_bytes()
             self.can_reset_rss = True
         except (OSError, AttributeError):
             self.can_reset_rss = False
@@ -239,7 +276,9 @@ class Meter:
         if self.cuda:
             self.torch.cuda.synchronize()
 
-    def _reset(self) -> None:
+    def start(self) -> None:
+        """Reset the peak: what :meth:`stop` reads is this block's."""
+        self.sync()
         self.overall_rss = self._read_rss()
         if self.can_reset_rss:
             Path("/proc/self/clear_refs").write_text("5")
@@ -247,38 +286,28 @@ class Meter:
             self.overall_cuda = max(self.overall_cuda, self.torch.cuda.max_memory_allocated())
             self.torch.cuda.reset_peak_memory_stats()
 
-    def _peak(self) -> int:
+    def stop(self) -> int:
+        """The peak since :meth:`start`, in bytes."""
+        self.sync()
         self.overall_rss = self._read_rss()
         if self.cuda:
             return self.torch.cuda.max_memory_allocated()
         return _hwm_bytes() if self.can_reset_rss else self.overall_rss
 
     @contextlib.contextmanager
-    def phase(self, name: str, memory: bool = True) -> Iterator[None]:
-        """Time the block; with ``memory`` also its peak (phases measured for memory must not nest)."""
-        self.sync()
-        if memory:
-            self._reset()
+    def block(self, name: str) -> Iterator[None]:
+        """Time the block and take its peak (blocks must not nest)."""
+        self.start()
         started = time.perf_counter()
-        with self.torch.profiler.record_function(f"phase:{name}"):
-            try:
-                yield
-            finally:
-                self.sync()
-                self.seconds.setdefault(name, []).append(time.perf_counter() - started)
-                if memory:
-                    self.peaks[name] = max(self.peaks.get(name, 0), self._peak())
-
-    def wrap(self, function: Callable, name: str, memory: bool = True) -> Callable:
-        @functools.wraps(function)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            with self.phase(name, memory):
-                return function(*args, **kwargs)
-
-        return timed
+        try:
+            yield
+        finally:
+            peak = self.stop()
+            self.seconds.setdefault(name, []).append(time.perf_counter() - started)
+            self.peaks[name] = max(self.peaks.get(name, 0), peak)
 
     def clear(self) -> None:
-        """Forget the phases so far (warm-up); the overall peak stays."""
+        """Forget the blocks so far (warm-up); the overall peak stays."""
         self.seconds.clear()
         self.peaks.clear()
 
@@ -291,38 +320,24 @@ class Meter:
             figures["peak_gib"] = figures["peak_rss_gib"]
         return figures
 
-    def phase_figures(self, name: str) -> dict[str, float | None]:
-        seconds = self.seconds.get(name, [])
-        return {"median_s": statistics.median(seconds) if seconds else None,
-                "peak_gib": self.peaks[name] / GIB if name in self.peaks else None}
-
-
-@contextlib.contextmanager
-def patched(owner: Any, name: str, replacement: Callable) -> Iterator[None]:
-    original = getattr(owner, name)
-    setattr(owner, name, replacement)
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
-
 
 def _step_timer(meter: Meter):
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        """Seconds from each optimizer step's start to its end (forward, backward, optimizer; no logging)."""
+        """Seconds and peak memory from each optimizer step's start to its end (forward, backward, optimizer; no logging)."""
 
         def __init__(self):
             self.seconds: list[float] = []
+            self.peaks: list[int] = []
             self.started = 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
-            meter.sync()
+            meter.start()
             self.started = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            meter.sync()
+            self.peaks.append(meter.stop())
             self.seconds.append(time.perf_counter() - self.started)
 
     return StepTimer()
@@ -332,6 +347,10 @@ def _rows(spec: dict, split: str, n: int) -> list[dict]:
     from nlu_helpers import data
 
     return [dict(r) for r in data.load_split(spec["task"], split, limit=n, shuffle_seed=0)]
+
+
+def _summary(seconds: list[float]) -> dict:
+    return {"median_s": statistics.median(seconds) if seconds else None, "seconds": seconds}
 
 
 # =======================================================================================
@@ -345,8 +364,9 @@ def part_eval(spec: dict, meter: Meter) -> dict:
     from nlu_helpers.tasks import get_task
 
     sizes = spec["sizes"]
-    model = models.load_model(spec["model"])
-    tokenizer = models.load_tokenizer(spec["model"])
+    device = models.pick_device(spec["device"])
+    model = models.load_model(spec["load"], device=device, dtype=models.pick_dtype(spec["dtype"], device))
+    tokenizer = models.load_tokenizer(spec["load"])
     rows = _rows(spec, "validation", sizes["eval_rows"])
     task = spec["task"]
     lengths = [len(tokenizer(get_task(task).build_prompt(r))["input_ids"]) for r in rows]
@@ -358,7 +378,7 @@ def part_eval(spec: dict, meter: Meter) -> dict:
     meter.clear()
     for mode in ("generate", "score"):
         for _ in range(sizes["eval_repeats"]):
-            with meter.phase(mode):
+            with meter.block(mode):
                 result = evaluation.evaluate(model, tokenizer, task, rows, mode=mode, **options)
         seconds = meter.seconds[mode]
         figures[mode] = {
@@ -375,25 +395,28 @@ PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # torch 
 
 
 def part_sft(spec: dict, meter: Meter) -> dict:
+    from transformers.trainer_callback import PrinterCallback
+
     from nlu_helpers import models, sft
 
     config = ppo_config(spec)
     sizes = spec["sizes"]
     steps = sizes["warmup"] + sizes["sft_steps"]
     per_step = config.batch_size * config.gradient_accumulation_steps
-    tokenizer = models.load_tokenizer(spec["model"])
+    tokenizer = models.load_tokenizer(spec["load"])
     rows = _rows(spec, "train", steps * per_step)
     examples = [{**e, "completion": e["completion"] + tokenizer.eos_token} for e in sft.sft_examples(spec["task"], rows)]
     settings = sft.SFTSettings(
         learning_rate=config.learning_rate, batch_size=config.batch_size, gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_steps=steps, max_length=1024, lr_scheduler="constant", save_steps=10**9, logging_steps=1,
         lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, lora_bias=config.lora_bias,
-        target_modules=config.lora_target_modules, precision=PRECISION[spec["dtype"]], device=spec["device"], seed=config.seed,
+        lora_target_modules=config.lora_target_modules, precision=PRECISION[spec["dtype"]], device=spec["device"], seed=config.seed,
     )
     timer = _step_timer(meter)
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as folder:
-        trainer = sft.make_trainer(settings, model=spec["model"], examples=examples, output_dir=folder,
+        trainer = sft.make_trainer(settings, model=spec["load"], examples=examples, output_dir=folder,
                                    tokenizer=tokenizer, callbacks=[timer], progress=False)
+        trainer.remove_callback(PrinterCallback)  # without progress bars the Trainer prints every log row; we read the log
         info = model_info(trainer.model)
         with models._quiet(progress_bars=True):
             trainer.train()
@@ -407,7 +430,25 @@ def part_sft(spec: dict, meter: Meter) -> dict:
         "steps_measured": len(seconds), "step_seconds": seconds, "median_step_s": statistics.median(seconds),
         "steps_per_s": 1 / statistics.median(seconds), "tokens_per_step": statistics.mean(tokens),
         "tokens_per_s": statistics.median([t / s for t, s in zip(tokens, seconds)]),
+        "step_peak_gib": max(timer.peaks[measured]) / GIB,
     }
+
+
+def batch_shape(trainer, tokenizer) -> dict:
+    """The token counts of the trainer's last step, from its prompts and its answers' mask."""
+    last = trainer.last_step
+    prompts = [len(ids) for ids in tokenizer([trainer.task.build_prompt(r) for r in last.rows])["input_ids"]]
+    answers = last.response_mask.sum(1).tolist()  # [B]
+    return {"batch": len(prompts), "prompt_width": max(prompts), "response_width": int(last.response_mask.shape[1]),
+            "prompt_tokens": sum(prompts), "response_tokens": int(sum(answers)),
+            "real_tokens": sum(prompts) + int(sum(answers)), "sum_squared_lengths": sum((p + a) ** 2 for p, a in zip(prompts, answers))}
+
+
+def ppo_phases(rows: list[dict]) -> dict:
+    """Each phase's seconds from the log rows PPOTrainer.step wrote; ``other`` is the rest of ``seconds_step``."""
+    phases = {name: _summary([row[f"seconds_{name}"] for row in rows]) for name in PPO_PHASES}
+    phases["other"] = _summary([row["seconds_step"] - sum(row[f"seconds_{n}"] for n in PPO_PHASES) for row in rows])
+    return phases
 
 
 def part_ppo(spec: dict, meter: Meter) -> dict:
@@ -419,70 +460,57 @@ def part_ppo(spec: dict, meter: Meter) -> dict:
     sizes = spec["sizes"]
     steps = sizes["warmup"] + sizes["steps"]
     rows = _rows(spec, "train", steps * config.prompts_per_step)
-    trainer = ppo.PPOTrainer(spec["model"], spec["task"], rows, config, device=spec["device"], dtype=spec["dtype"])
+    trainer = ppo.PPOTrainer(spec["load"], spec["task"], rows, config, device=spec["device"], dtype=spec["dtype"])
     info = model_info(trainer.ac.policy)
     info["trainable_parameters"] = sum(p.numel() for p in trainer.ac.parameters() if p.requires_grad)  # + value head
-    plain_reference = trainer.ac.reference
-    reference_s = [0.0]  # per step: evaluate_rollout enters the reference once per chunk of rows
-
-    @contextlib.contextmanager
-    def reference():
-        started = time.perf_counter()
-        with plain_reference():
-            yield
-        meter.sync()
-        reference_s[-1] += time.perf_counter() - started
-
     shapes = []
-    with contextlib.ExitStack() as stack:
-        # the trainer calls these module functions by name: time them where they run
-        stack.enter_context(patched(ppo, "sample_answers", meter.wrap(ppo.sample_answers, "generate")))
-        stack.enter_context(patched(ppo, "evaluate_rollout", meter.wrap(ppo.evaluate_rollout, "score")))
-        stack.enter_context(patched(ppo, "ppo_update", meter.wrap(ppo.ppo_update, "update")))
-        stack.enter_context(patched(trainer.ac, "reference", reference))
-        for i in range(steps):
-            if i == sizes["warmup"]:
-                meter.clear()
-            reference_s[-1] = 0.0
+    for i in range(steps):
+        if i == sizes["warmup"]:
+            meter.clear()
+        with meter.block("step"):  # memory (and a wall-clock check on seconds_step) around the whole step
             trainer.step()
-            reference_s.append(0.0)
-            r = trainer.last_rollout
-            width = r.response_width
-            shapes.append({"batch": len(r.rows), "prompt_width": r.input_ids.shape[1] - width, "response_width": width,
-                           "response_tokens": int(r.response_mask.sum()), "real_tokens": int(r.attention_mask.sum())})
-        peaks = meter.overall()  # before profiling: the profiler's own records take memory too
-        profile = None
-        if spec.get("profile_dir"):
-            profile = _profile(lambda: trainer.step(), Path(spec["profile_dir"]) / "ppo-profile.txt", meter)
-            meter.seconds = {k: v[: sizes["steps"]] for k, v in meter.seconds.items()}
-    history = trainer.history[sizes["warmup"]: steps]
+        shapes.append(batch_shape(trainer, trainer.tokenizer))
+    with meter.block("no_update"):  # the same prompts up to the update: rollout, reward, reference, advantages
+        trainer.step(rows=trainer.last_step.rows, learn=False)
+    peaks = meter.overall()  # before profiling: the profiler's own records take memory too
+    profile = None
+    if spec.get("profile_dir"):
+        profile = _profile(trainer.step, Path(spec["profile_dir"]) / "ppo-profile.txt", meter)
+    log_rows = trainer.history[sizes["warmup"]: steps]
     measured = shapes[sizes["warmup"]:]
-    step_s = [row["seconds_step"] for row in history]
-    reference_s = reference_s[sizes["warmup"]: steps]
-    meter.seconds["score"] = [s - r for s, r in zip(meter.seconds["score"], reference_s)]  # policy log-probs, entropy, values
-    phases = {name: meter.phase_figures(name) for name in ("generate", "score", "update")}
-    phases["reference"] = {"median_s": statistics.median(reference_s), "peak_gib": None}  # its peak is in "score"'s
-    others = [s - reference_s[i] - sum(meter.seconds[n][i] for n in ("generate", "score", "update")) for i, s in enumerate(step_s)]
-    phases["other"] = {"median_s": statistics.median(others), "peak_gib": None}  # reward, GAE, logging
+    step_s = [row["seconds_step"] for row in log_rows]
     median_step = statistics.median(step_s)
+
+    def mean(key: str) -> float:
+        return statistics.mean(s[key] for s in measured)
+
     return {
         **peaks, "model": info, "trainable_parameters": info["trainable_parameters"], "config": config.to_dict(),
-        "steps_measured": len(step_s), "step_seconds": step_s, "median_step_s": median_step, "phases": phases,
+        "steps_measured": len(step_s), "step_seconds": step_s, "median_step_s": median_step,
+        "step_wall_seconds": meter.seconds["step"], "phases": ppo_phases(log_rows),
+        "phase_source": "log rows: seconds_<phase> that PPOTrainer.step records (nlu_helpers.timing.phase)",
+        "log_rows": [{k: v for k, v in row.items() if k.startswith("seconds_") or k in ("step", "reward", "response_length")}
+                     for row in log_rows],
+        "memory": {"step_peak_gib": meter.peaks["step"] / GIB, "no_update_peak_gib": meter.peaks["no_update"] / GIB,
+                   "how": "peak around whole timed steps, and around one step(learn=False) on the last step's prompts"},
         "samples_per_step": config.prompts_per_step, "seconds_per_sample": median_step / config.prompts_per_step,
-        "mean_response_tokens": statistics.mean(row["response_length"] for row in history),
-        "mean_reward": statistics.mean(row["reward"] for row in history),
-        "prompt_width": statistics.mean(s["prompt_width"] for s in measured),
-        "response_width": statistics.mean(s["response_width"] for s in measured),
-        "update_tokens": config.ppo_epochs * statistics.mean(s["real_tokens"] for s in measured),
+        "mean_response_tokens": statistics.mean(row["response_length"] for row in log_rows),
+        "mean_reward": statistics.mean(row["reward"] for row in log_rows),
+        "prompt_width": mean("prompt_width"), "response_width": mean("response_width"),
+        "update_tokens": config.ppo_epochs * mean("real_tokens"),
+        "update_work": {"epochs": config.ppo_epochs, "tokens": mean("real_tokens"), "answer_tokens": mean("response_tokens"),
+                        "sum_squared_lengths": mean("sum_squared_lengths"),
+                        # one mini-batch as the matmuls see it (padded to its widest row): the rate probe's shapes
+                        "minibatch_tokens": round(config.batch_size * (mean("prompt_width") + mean("response_width"))),
+                        "minibatch_answer_tokens": round(config.batch_size * mean("response_width"))},
         "profile": profile, "dtype": info["dtype"], "kv_cache": True,
         "torch_threads": torch.get_num_threads(),
     }
 
 
 def part_grpo(spec: dict, meter: Meter) -> dict:
-    from trl import GRPOTrainer
-
-    from nlu_helpers import ppo
+    from nlu_helpers import models
+    from nlu_helpers.grpo import train_grpo
 
     config = ppo_config(spec)
     sizes = spec["sizes"]
@@ -497,12 +525,9 @@ def part_grpo(spec: dict, meter: Meter) -> dict:
     cycles = sizes["warmup"] + sizes["steps"]
     rows = _rows(spec, "train", cycles * completions // generations)
     timer = _step_timer(meter)
-    with tempfile.TemporaryDirectory(prefix="bench-grpo-") as folder, \
-            patched(GRPOTrainer, "_generate", meter.wrap(GRPOTrainer._generate, "generate")), \
-            patched(GRPOTrainer, "_generate_and_score_completions",
-                    meter.wrap(GRPOTrainer._generate_and_score_completions, "generate_and_score", memory=False)):
-        policy, log = ppo.train_grpo(
-            spec["model"], spec["task"], rows, output_dir=folder, steps=cycle * cycles, learning_rate=config.learning_rate,
+    with tempfile.TemporaryDirectory(prefix="bench-grpo-") as folder:
+        policy, log = train_grpo(
+            spec["load"], spec["task"], rows, output_dir=folder, steps=cycle * cycles, learning_rate=config.learning_rate,
             prompts_per_step=per_device // generations, num_generations=generations, max_new_tokens=config.max_new_tokens[1],
             temperature=config.temperature, beta=0.0, config=config, seed=config.seed, callbacks=[timer],
             steps_per_generation=steps_per_generation, num_iterations=config.ppo_epochs, disable_tqdm=True,
@@ -511,23 +536,28 @@ def part_grpo(spec: dict, meter: Meter) -> dict:
         )
     info = model_info(policy)
     measured = range(sizes["warmup"], cycles)
-    cycle_s = [sum(timer.seconds[k * cycle:(k + 1) * cycle]) for k in measured]
-    generate = [meter.seconds["generate"][k] for k in measured]
-    score = [meter.seconds["generate_and_score"][k] - g for k, g in zip(measured, generate)]
-    update = [c - g - s for c, g, s in zip(cycle_s, generate, score)]
+    steps_of = [timer.seconds[k * cycle:(k + 1) * cycle] for k in measured]  # each cycle's optimizer steps
+    peaks_of = [timer.peaks[k * cycle:(k + 1) * cycle] for k in measured]
+    cycle_s = [sum(s) for s in steps_of]
+    # a cycle's first step generates, scores (rewards, old log-probs) and updates; the others only update
+    generate = [s[0] - statistics.median(s[1:]) for s in steps_of] if cycle > 1 else None
+    update = [c - g for c, g in zip(cycle_s, generate)] if generate else cycle_s
     lengths = [e["completions/mean_length"] for e in log if "completions/mean_length" in e]
     rewards = [e["reward"] for e in log if "reward" in e]
     median_cycle = statistics.median(cycle_s)
+    auto_device = models.pick_device("auto")
     return {
         "model": info, "trainable_parameters": info["trainable_parameters"], "num_generations": generations,
         "prompts_per_cycle": completions // generations, "completions_per_cycle": completions,
         "steps_per_cycle": cycle, "steps_per_generation": steps_per_generation, "num_iterations": config.ppo_epochs,
         "per_device_train_batch_size": per_device, "activation_checkpointing": bool(spec.get("grpo_checkpointing")),
-        "cycles_measured": len(cycle_s), "cycle_seconds": cycle_s,
+        "cycles_measured": len(cycle_s), "cycle_seconds": cycle_s, "step_seconds": steps_of,
         "median_cycle_s": median_cycle, "seconds_per_sample": median_cycle / completions,
-        "phases": {"generate": {"median_s": statistics.median(generate), "peak_gib": meter.peaks["generate"] / GIB},
-                   "score": {"median_s": statistics.median(score), "peak_gib": None},
-                   "update": {"median_s": statistics.median(update), "peak_gib": None}},
+        "phases": {"generate_and_score": {**_summary(generate or []), "peak_gib": max(p[0] for p in peaks_of) / GIB},
+                   "update": {**_summary(update), "peak_gib": max((x for p in peaks_of for x in p[1:]), default=0) / GIB or None}},
+        "phase_source": "optimizer-step times from a TrainerCallback: generation + scoring = a cycle's first step - the median other step",
+        # train_grpo loads with the package's auto choices: note when they differ from the benchmark's
+        "device": str(auto_device), "dtype": info["dtype"],
         # TRL logs the completions' figures once per cycle (on its first step)
         "mean_completion_tokens": statistics.mean(lengths[sizes["warmup"]:]) if lengths[sizes["warmup"]:] else None,
         "mean_reward": statistics.mean(rewards[sizes["warmup"]:]) if rewards[sizes["warmup"]:] else None,
@@ -538,38 +568,39 @@ PART_FUNCTIONS = {"eval": part_eval, "sft": part_sft, "ppo": part_ppo, "grpo": p
 
 
 def _profile(step: Callable[[], Any], path: Path, meter: Meter) -> dict:
-    """One more step under ``torch.profiler``; the operator table goes to ``path``."""
+    """One more step under ``torch.profiler``; the operator table goes to ``path``, and the seconds of the
+    ``ppo/<phase>`` ranges the step labels itself (``timing.phase``) into the JSON."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if meter.cuda else [])
     with profile(activities=activities) as prof:
         step()
+    averages = prof.key_averages()
     sort = "self_device_time_total" if meter.cuda else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=sort, row_limit=40)
-    phases = prof.key_averages().table(sort_by="cpu_time_total", row_limit=12)
+    table = averages.table(sort_by=sort, row_limit=40)
+    phases = averages.table(sort_by="cpu_time_total", row_limit=12)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# torch {torch.__version__}, threads {torch.get_num_threads()}\n\n## by total time\n{phases}\n\n"
                     f"## by self time\n{table}\n")
-    return {"file": str(path)}
+    labelled = {e.key.removeprefix("ppo/"): e.cpu_time_total / 1e6 for e in averages if e.key.startswith("ppo/")}
+    return {"file": str(path), "phases": labelled}
 
 
 def run_worker(part: str, spec: dict) -> dict:
-    """One part in this process: the model source, threads, the meter; returns its figures."""
+    """One part in this process: threads, the meter; returns its figures. The part's own prints
+    (TRL's log rows when its progress bars are off) go to stderr: stdout carries the table."""
     import torch
 
     from nlu_helpers import models
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    from transformers.trainer_callback import PrinterCallback
-
     device = models.pick_device(spec["device"])
     meter = Meter(device)
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
-    # without progress bars the Trainer prints every log row; the figures come from the log history instead
-    with model_source(spec), patched(PrinterCallback, "on_log", lambda *args, **kwargs: None):
+    with contextlib.redirect_stdout(sys.stderr):
         figures = PART_FUNCTIONS[part](spec, meter)
     for key, value in meter.overall().items():
         figures.setdefault(key, value)  # a part may have taken its peak earlier (before profiling)
@@ -587,6 +618,8 @@ def run_part(part: str, spec: dict, in_process: bool) -> dict:
         command = [sys.executable, "-m", "benchmarks.run", "--worker", part, "--spec", str(spec_file), "--result", str(result_file)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                "TOKENIZERS_PARALLELISM": "false"}
+        if spec["device"] == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""  # the loaders' "auto" (train_grpo's) then picks the CPU too
         completed = subprocess.run(command, cwd=ROOT, env=env)
         if completed.returncode != 0:
             raise RuntimeError(f"benchmark part {part!r} failed (exit status {completed.returncode}); see its output above")
@@ -598,28 +631,55 @@ def run_part(part: str, spec: dict, in_process: bool) -> dict:
 # =======================================================================================
 
 
-def measure_cpu_rates(hidden: int, intermediate: int) -> dict:
-    """This CPU's fp32 matmul rate on the model's MLP shapes and its copy bandwidth (read + write)."""
-    import torch
+def probe_shapes(result: dict) -> list[tuple[int, int, int]]:
+    """``(tokens, in, out)`` of the matmuls the heaviest measured work runs: the PPO update's mini-batch
+    (every decoder linear layer at its token count, the LM head at its answer tokens), else an eval batch."""
+    ppo, ev = result.get("ppo"), result.get("eval")
+    if ppo:
+        info, work = ppo["model"], ppo["update_work"]
+        tokens, head_tokens = work["minibatch_tokens"], work["minibatch_answer_tokens"]
+    elif ev:
+        info = ev["model"]
+        tokens, head_tokens = round(ev["batch_size"] * ev["mean_prompt_tokens"]), ev["batch_size"]
+    else:
+        part = result.get("sft") or result.get("grpo")
+        info = part["model"]
+        tokens = head_tokens = 1024
+    layout = info["linear_shapes"]
+    return [(max(tokens, 1), i, o) for i, o, _n in layout["layers"]] + [(max(head_tokens, 1), *layout["head"])]
 
-    from benchmarks.eval_speed import matmul_rate
 
-    flops = matmul_rate(hidden, intermediate)
-    a = torch.ones(64 * 2**20)  # 256 MiB
-    b = torch.empty_like(a)
-    b.copy_(a)
-    seconds = []
-    for _ in range(5):
-        started = time.perf_counter()
-        b.copy_(a)
-        seconds.append(time.perf_counter() - started)
-    return {"peak_flops": flops, "bandwidth_bytes_per_s": 2 * a.numel() * a.element_size() / statistics.median(seconds)}
+def measure_rates(shapes: list[tuple[int, int, int]], *, device, dtype, repeats: int = PROBE_REPEATS) -> dict:
+    """This machine's matmul peak on ``shapes`` and its copy bandwidth, each the best of ``repeats``."""
+    from benchmarks.eval_speed import copy_probe, matmul_probe
+
+    matmul = matmul_probe(shapes, dtype=dtype, device=device, repeats=repeats)
+    copy = copy_probe(device=device, repeats=repeats)
+    return {"peak_flops": matmul["peak_flops"], "bandwidth_bytes_per_s": copy["bandwidth_bytes_per_s"],
+            "matmul": matmul, "copy": copy}
+
+
+def update_flops(info: dict, work: dict) -> float:
+    """FLOPs the PPO update does, counted on real tokens: a lower bound on what the hardware ran.
+
+    Per epoch: forward and input gradients through the frozen decoder weights (4 per weight per token:
+    no weight gradients), LoRA's forward, input and weight gradients (6), the LM head on answer tokens
+    only (forward + input gradient, 4), causal attention (scores and values, forward + backward:
+    6 x width per layer per pair of positions that the causal mask keeps, about L^2 / 2 for a row of L).
+    """
+    per_epoch = (4 * info["layer_matmul_parameters"] * work["tokens"]
+                 + 6 * info["lora_parameters"] * work["tokens"]
+                 + 4 * info["lm_head_parameters"] * work["answer_tokens"]
+                 + 6 * info["num_hidden_layers"] * info["attention_width"] * work["sum_squared_lengths"])
+    return work["epochs"] * per_epoch
 
 
 def bounds(result: dict, rates: dict) -> dict:
-    """Decoding's bandwidth bound, the update's MFU, the scoring floor (figures that exist)."""
+    """Decoding's bandwidth bound, the update's utilisation, the scoring floor (figures that exist);
+    ``flags`` names every figure above 100% of its bound."""
     bw, peak = rates["bandwidth_bytes_per_s"], rates["peak_flops"]
-    figures: dict[str, Any] = {"bandwidth_bytes_per_s": bw, "peak_flops": peak, "rates_source": rates["source"]}
+    figures: dict[str, Any] = {"bandwidth_bytes_per_s": bw, "peak_flops": peak, "rates_source": rates["source"],
+                               "probe": rates.get("probe"), "flags": []}
     ppo = result.get("ppo")
     if ppo:
         info = ppo["model"]
@@ -628,7 +688,7 @@ def bounds(result: dict, rates: dict) -> dict:
         step_bytes = info["weight_bytes_read_per_decode_step"] + batch * context * info["kv_bytes_per_token"]
         bound_step = step_bytes / bw
         prefill = max(2 * info["matmul_parameters"] * batch * prompt / peak, info["weight_bytes_read_per_decode_step"] / bw)
-        generate = ppo["phases"]["generate"]["median_s"]
+        generate = ppo["phases"]["rollout"]["median_s"]
         figures["decode"] = {
             "bytes_per_step": step_bytes, "bound_ms_per_step": 1e3 * bound_step,
             "bound_tokens_per_s": batch / bound_step,
@@ -636,16 +696,27 @@ def bounds(result: dict, rates: dict) -> dict:
             "generation_bound_s": prefill + steps * bound_step, "generation_measured_s": generate,
             "fraction_of_bound": (prefill + steps * bound_step) / generate,
         }
+        if figures["decode"]["fraction_of_bound"] > 1:
+            figures["flags"].append("the rollout ran faster than its bound: the probed rates are no bound for this run")
         update = ppo["phases"]["update"]["median_s"]
         flops = 6 * info["matmul_parameters"] * ppo["update_tokens"]
-        # LoRA computes no gradients for the frozen weights: forward 2N + input gradients 2N per token
+        done = update_flops(info, ppo["update_work"]) if "update_work" in ppo else None
         figures["update"] = {"model_flops": flops, "seconds_at_peak": flops / peak, "measured_s": update,
+                             # the 6N convention (a full fine-tune's work) and LoRA's 4N: comparisons, not bounds
                              "mfu": flops / update / peak, "mfu_lora_4n": flops * 4 / 6 / update / peak}
+        if done is not None:
+            figures["update"].update({"flops_done": done, "achieved_flops_per_s": done / update, "utilisation": done / update / peak,
+                                      "exceeds_peak": done / update > peak})
+            if done / update > peak:
+                figures["flags"].append(f"the update did {done / update / 1e12:.3g} TFLOP/s, above the peak of "
+                                        f"{peak / 1e12:.3g}: the probe was no bound (contended while probing?)")
     ev = result.get("eval")
     if ev:
         floor = ev["score"]["forward_flops"] / peak
         figures["score_floor"] = {"seconds": floor, "examples_per_s": ev["rows"] / floor,
                                   "fraction_of_floor": ev["score"]["examples_per_s"] / (ev["rows"] / floor)}
+        if figures["score_floor"]["fraction_of_floor"] > 1:
+            figures["flags"].append("scoring-mode evaluation ran faster than its FLOPs floor: the peak is no bound for this run")
     return figures
 
 
@@ -676,6 +747,20 @@ def _f(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _probe_lines(probe: dict | None) -> list[str]:
+    if not probe:
+        return []
+    m, c = probe["matmul"], probe["copy"]
+    best = next(s for s in m["shapes"] if s["shape"] == m["peak_shape"])
+    t, i, o = best["shape"]
+    shapes = ", ".join(f"[{t}x{i}]@[{i}x{o}] {s['best_flops'] / 1e12:.3g}" for s in m["shapes"] for t, i, o in [s["shape"]])
+    return [f"  rate probe ({m['dtype']} on {m['device']}, best of {m['repeats']} repeats, TFLOP/s per shape): {shapes}",
+            (f"    peak {m['peak_flops'] / 1e12:.3g} TFLOP/s on [{t}x{i}]@[{i}x{o}]; its repeats worst/median/best "
+             f"{best['worst_flops'] / 1e12:.3g}/{best['median_flops'] / 1e12:.3g}/{best['best_flops'] / 1e12:.3g} "
+             f"({100 * best['relative_spread']:.0f}% spread; {100 * m['max_relative_spread']:.0f}% at most over shapes); "
+             f"copy {c['bandwidth_bytes_per_s'] / 1e9:.3g} GB/s best, {100 * c['relative_spread']:.0f}% spread")]
+
+
 def format_table(result: dict) -> str:
     meta = result["meta"]
     lines = [
@@ -683,11 +768,11 @@ def format_table(result: dict) -> str:
         f"task {meta['task']}, {meta['threads']} threads; {'in one process' if meta['in_process'] else 'one process per part'}",
         f"note: {MACHINE_NOTE}",
         "",
-        f"{'part':<16}{'figure':<34}{'value':>12}  {'peak GiB':>8}",
+        f"{'part':<16}{'figure':<38}{'value':>12}  {'peak GiB':>8}",
     ]
 
     def row(part: str, figure: str, value: Any, peak: Any = None, digits: int = 2) -> None:
-        lines.append(f"{part:<16}{figure:<34}{_f(value, digits):>12}  {_f(peak):>8}")
+        lines.append(f"{part:<16}{figure:<38}{_f(value, digits):>12}  {_f(peak):>8}")
 
     ev = result.get("eval")
     if ev:
@@ -696,27 +781,35 @@ def format_table(result: dict) -> str:
         row("eval", "process peak", None, ev["peak_gib"])
     sft = result.get("sft")
     if sft:
-        row("sft", f"steps/s ({sft['sequences_per_step']} seq/step)", sft["steps_per_s"], sft["peak_gib"], 3)
+        row("sft", f"steps/s ({sft['sequences_per_step']} seq/step)", sft["steps_per_s"], sft.get("step_peak_gib"), 3)
         row("sft", "tokens/s", sft["tokens_per_s"], None, 1)
         row("sft", "trainable parameters", sft["trainable_parameters"])
+        row("sft", "process peak", None, sft["peak_gib"])
     ppo = result.get("ppo")
     if ppo:
-        row("ppo", f"s/step ({ppo['samples_per_step']} samples)", ppo["median_step_s"], ppo["peak_gib"])
-        for name, label in (("generate", "rollout generation"), ("score", "policy + value scoring"),
-                            ("reference", "reference scoring"), ("update", "update"), ("other", "reward, GAE, logging")):
-            row("ppo", f"  {label} s", ppo["phases"][name]["median_s"], ppo["phases"][name]["peak_gib"])
+        memory = ppo.get("memory") or {}
+        row("ppo", f"s/step ({ppo['samples_per_step']} samples)", ppo["median_step_s"], memory.get("step_peak_gib"))
+        for name, label in (("rollout", "rollout (generation)"), ("reward", "reward"),
+                            ("reference", "log-probs: policy heads, reference"), ("advantages", "KL rewards, GAE, whiten"),
+                            ("update", "update"), ("other", "rest (KL controller, log)")):
+            row("ppo", f"  {label} s", ppo["phases"][name]["median_s"])
+        row("ppo", "step without update (peak)", None, memory.get("no_update_peak_gib"))
         row("ppo", "s per generated sample", ppo["seconds_per_sample"], None, 3)
         row("ppo", "trainable parameters (+ value)", ppo["trainable_parameters"])
+        row("ppo", "process peak", None, ppo["peak_gib"])
     grpo = result.get("grpo")
     if grpo:
         label = f"s/cycle ({grpo['completions_per_cycle']} compl.{', ckpt' if grpo['activation_checkpointing'] else ''})"
         row("grpo (TRL)", label, grpo["median_cycle_s"], grpo["peak_gib"])
-        for name, label in (("generate", "generation"), ("score", "reward + old log-probs"), ("update", "update")):
-            row("grpo (TRL)", f"  {label} s", grpo["phases"][name]["median_s"], grpo["phases"][name]["peak_gib"])
+        for name, label in (("generate_and_score", "generation, reward, old log-p s"), ("update", "update")):
+            row("grpo (TRL)", f"  {label}" + ("" if label.endswith(" s") else " s"), grpo["phases"][name]["median_s"], grpo["phases"][name]["peak_gib"])
         row("grpo (TRL)", "s per generated sample", grpo["seconds_per_sample"], None, 3)
+        if grpo["dtype"] != meta["dtype"]:
+            lines.append(f"  (GRPO ran in {grpo['dtype']}: train_grpo loads with the package's auto dtype)")
     b = result.get("bounds") or {}
     if b:
         lines += ["", f"bounds against {b['bandwidth_bytes_per_s'] / 1e12:.3g} TB/s and {b['peak_flops'] / 1e12:.3g} TFLOP/s ({b['rates_source']}):"]
+        lines += _probe_lines(b.get("probe"))
         if "decode" in b:
             d = b["decode"]
             lines.append(f"  decoding: {d['bytes_per_step'] / 1e9:.3g} GB read per decode step -> bound {d['bound_ms_per_step']:.3g} ms/step "
@@ -724,12 +817,19 @@ def format_table(result: dict) -> str:
                          f"the rollout runs at {100 * d['fraction_of_bound']:.1f}% of its bound's speed")
         if "update" in b:
             u = b["update"]
-            lines.append(f"  PPO update: 6 x params x tokens = {u['model_flops']:.3g} FLOPs, {u['seconds_at_peak']:.3g} s at peak, "
-                         f"measured {u['measured_s']:.3g} s -> MFU {100 * u['mfu']:.2f}% (LoRA's 4 x params: {100 * u['mfu_lora_4n']:.2f}%)")
+            if "flops_done" in u:
+                lines.append(f"  PPO update: {u['flops_done']:.3g} FLOPs done (frozen weights forward + input gradients, LoRA, "
+                             f"LM head on answers, causal attention) in {u['measured_s']:.3g} s = {u['achieved_flops_per_s'] / 1e12:.3g} "
+                             f"TFLOP/s: {100 * u['utilisation']:.1f}% of peak")
+            lines.append(f"  PPO update by convention: 6 x params x tokens = {u['model_flops']:.3g} FLOPs -> MFU {100 * u['mfu']:.2f}% "
+                         f"(LoRA's 4 x params: {100 * u['mfu_lora_4n']:.2f}%; both count weight gradients LoRA does not "
+                         f"compute and the LM head at every position, so they can pass 100%: not bounds)")
         if "score_floor" in b:
             s = b["score_floor"]
             lines.append(f"  scoring-mode eval: forward FLOPs floor {s['examples_per_s']:.1f} examples/s; measured is "
                          f"{100 * s['fraction_of_floor']:.1f}% of it")
+        for flag in b.get("flags") or []:
+            lines.append(f"  FLAG: {flag}")
     loads = [f"{part} {result[part]['load_average'][0]:.1f}->{result[part]['load_average'][1]:.1f}" for part in PARTS if result.get(part)]
     lines += ["", f"1-minute load average before->after each part ({result['meta']['hardware_info']['cpu_count']} CPUs): " + ", ".join(loads)]
     t = result.get("targets") or {}
@@ -773,8 +873,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grpo-checkpointing", action="store_true",
                         help="run GRPO with activation checkpointing, TRL's default (off by default: PPO and SFT run without)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--bandwidth-tbs", type=float, help=f"memory bandwidth for the bounds, TB/s (GPU default {H100_BANDWIDTH_TBS}: H100 SXM; CPU default: measured)")
-    parser.add_argument("--peak-tflops", type=float, help=f"peak FLOP/s for the bounds, TFLOP/s (GPU default {H100_BF16_TFLOPS}: H100 SXM bf16 dense; CPU default: measured)")
+    parser.add_argument("--bandwidth-tbs", type=float, help=f"memory bandwidth for the bounds, TB/s (GPU default {H100_BANDWIDTH_TBS}: H100 SXM; CPU default: probed)")
+    parser.add_argument("--peak-tflops", type=float, help=f"peak FLOP/s for the bounds, TFLOP/s (GPU default {H100_BF16_TFLOPS}: H100 SXM bf16 dense; CPU default: probed)")
+    parser.add_argument("--probe-repeats", type=int, default=PROBE_REPEATS, help=f"repeats of the rate probes; the best counts (default {PROBE_REPEATS})")
+    parser.add_argument("--weights-dir", help="where random-weight architectures are written (default: the workbook's cache)")
     parser.add_argument("--json", help="write the figures here (default runs/benchmarks/<model>-<preset>-<device>.json)")
     parser.add_argument("--profile", metavar="DIR", help="profile one extra PPO step with torch.profiler; table to DIR/ppo-profile.txt")
     parser.add_argument("--in-process", action="store_true", help="run every part in this process (faster; memory peaks then mix)")
@@ -784,6 +886,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.preset = "quick"
+    if args.probe_repeats < 1:
+        parser.error(f"--probe-repeats must be >= 1, got {args.probe_repeats}")
     return args
 
 
@@ -806,45 +910,54 @@ def main(argv: list[str] | None = None) -> dict | None:
     overrides = {"warmup": args.warmup, "steps": args.steps, "sft_steps": args.sft_steps, "eval_rows": args.eval_rows,
                  "grpo_generations": args.grpo_generations}
     sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
-    device = models.pick_device(args.device)
-    dtype = models.pick_dtype(args.dtype, device)
-    spec = {"model": args.model, "task": args.task, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-            "sizes": asdict(sizes), "threads": args.threads, "profile_dir": args.profile, "grpo_checkpointing": args.grpo_checkpointing}
     if args.threads:
         torch.set_num_threads(args.threads)
-    hardware = models.describe_hardware()
+    device = models.pick_device(args.device)
+    dtype = models.pick_dtype(args.dtype, device)
     started = time.perf_counter()
+    random_weights = is_architecture(args.model)
+    load = str(random_model_folder(args.model, device=device, dtype=dtype, root=args.weights_dir)) if random_weights else args.model
+    spec = {"model": args.model, "load": load, "task": args.task, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+            "sizes": asdict(sizes), "threads": args.threads, "profile_dir": args.profile, "grpo_checkpointing": args.grpo_checkpointing}
+    hardware = models.describe_hardware()
     result: dict[str, Any] = {"meta": {
         "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
-        "model": args.model, "random_weights": is_architecture(args.model), "preset": sizes.name, "task": args.task,
+        "model": args.model, "random_weights": random_weights, "weights": load if random_weights else None,
+        "preset": sizes.name, "task": args.task,
         "parts": parts, "device": str(device), "dtype": spec["dtype"], "threads": args.threads or torch.get_num_threads(),
         "hardware": hardware["name"], "hardware_info": hardware, "in_process": args.in_process, "sizes": asdict(sizes),
         "versions": _versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "note": MACHINE_NOTE,
     }}
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", Path(args.model).name if os.sep in args.model else args.model).strip("-")
+    path = Path(args.json) if args.json else ROOT / "runs" / "benchmarks" / f"{slug}-{sizes.name}-{device.type}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     for part in PARTS:
         result[part] = None
     for part in parts:
         print(f"[benchmarks.run] {part} ...", file=sys.stderr, flush=True)
         result[part] = run_part(part, spec, args.in_process)
+        path.write_text(json.dumps({**result, "unfinished": True}, indent=1))  # a run cut short keeps its finished parts
     info = next((result[p]["model"] for p in ("ppo", "eval", "sft", "grpo") if result[p]), None)
     result["model"] = info
     result["meta"]["ppo_config"] = ppo_config(spec).to_dict()
-    if device.type == "cuda" or (args.bandwidth_tbs and args.peak_tflops):
-        rates = {"bandwidth_bytes_per_s": (args.bandwidth_tbs or H100_BANDWIDTH_TBS) * 1e12,
-                 "peak_flops": (args.peak_tflops or H100_BF16_TFLOPS) * 1e12,
-                 "source": "flags" if args.bandwidth_tbs and args.peak_tflops else "H100 SXM defaults (and flags)"}
+    if info:
+        print("[benchmarks.run] rate probes ...", file=sys.stderr, flush=True)
+        probe = measure_rates(probe_shapes(result), device=device, dtype=dtype, repeats=args.probe_repeats)
+        given = device.type == "cuda" or (args.bandwidth_tbs and args.peak_tflops)
+        if given:
+            source = "flags" if args.bandwidth_tbs and args.peak_tflops else "H100 SXM defaults (and flags)"
+            bandwidth, peak = (args.bandwidth_tbs or H100_BANDWIDTH_TBS) * 1e12, (args.peak_tflops or H100_BF16_TFLOPS) * 1e12
+        else:
+            source = f"probed here: {spec['dtype']} matmuls of the update's shapes and a 256 MiB copy, best of {args.probe_repeats}"
+            bandwidth = args.bandwidth_tbs * 1e12 if args.bandwidth_tbs else probe["bandwidth_bytes_per_s"]
+            peak = args.peak_tflops * 1e12 if args.peak_tflops else probe["peak_flops"]
+        rates = {"bandwidth_bytes_per_s": bandwidth, "peak_flops": peak, "source": source, "probe": probe}
+        result["bounds"] = bounds(result, rates)
     else:
-        measured = measure_cpu_rates(info["hidden_size"], info["intermediate_size"]) if info else {"peak_flops": 1.0, "bandwidth_bytes_per_s": 1.0}
-        rates = {"bandwidth_bytes_per_s": (args.bandwidth_tbs * 1e12) if args.bandwidth_tbs else measured["bandwidth_bytes_per_s"],
-                 "peak_flops": (args.peak_tflops * 1e12) if args.peak_tflops else measured["peak_flops"],
-                 "source": "measured on this CPU (fp32 matmul of the model's MLP shape; 256 MiB copy)"}
-    result["bounds"] = bounds(result, rates) if info else None
+        result["bounds"] = None
     result["targets"] = targets(result)
     result["meta"]["seconds_total"] = time.perf_counter() - started
     print(format_table(result))
-    slug = re.sub(r"[^A-Za-z0-9.]+", "-", Path(args.model).name if os.sep in args.model else args.model).strip("-")
-    path = Path(args.json) if args.json else ROOT / "runs" / "benchmarks" / f"{slug}-{sizes.name}-{device.type}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     print(f"figures written to {path}")
     return result
