@@ -246,9 +246,9 @@ def test_two_process_ppo_resumes_and_equals_one_process_with_the_same_global_bat
     assert state["step_count"] == 2 and state["num_processes"] == 2
     logged = state["history"]
     assert [r["step"] for r in logged] == [1, 2]
-    for two, alone in zip(logged, trainer.history):
+    for by_two, alone in zip(logged, trainer.history):
         for key in ("reward", "accuracy", "unparseable", "kl", "response_length", "kl_coef", "max_new_tokens", "early_stopped"):
-            assert two[key] == pytest.approx(alone[key], abs=1e-5), key
-        assert distributed["early_stopped"] == 1
+            assert by_two[key] == pytest.approx(alone[key], abs=1e-5), key
+        assert by_two["early_stopped"] == 1
     assert (two / "adapters" / "ppo-movie-snippets" / "adapter_model.safetensors").is_file()
     print(f"distributed PPO test: {time.perf_counter() - started:.1f} s")
