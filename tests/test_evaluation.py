@@ -18,8 +18,6 @@ SST2_ROWS = [
 ]
 
 
-
-
 @pytest.fixture(scope="module")
 def answering_model(tokenizer):
     """The tiny model after a few real gradient steps on one answer: it learns to write

@@ -16,7 +16,6 @@ ROWS = [
 ]
 
 
-
 def test_scoring_with_nan_weights_is_refused_naming_task_and_model(tokenizer):
     model = load_model(TINY_MODEL, device="cpu")
     with torch.no_grad():

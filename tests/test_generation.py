@@ -11,8 +11,6 @@ TASK = "movie-snippets"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-
 @pytest.fixture(scope="module")
 def prompts():
     return [get_task(TASK).build_prompt(r) for r in data.load_split(TASK, "train", limit=4)]

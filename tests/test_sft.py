@@ -29,7 +29,6 @@ def rows():
     return list(data.load_split(OFFLINE_TASK, "train", limit=8))
 
 
-
 def _adapter(folder):
     return load_file(Path(folder) / "adapter_model.safetensors")
 
