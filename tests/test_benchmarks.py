@@ -227,3 +227,41 @@ def test_matmul_probe_takes_the_best_of_its_repeats_and_reports_the_spread():
         assert shape["relative_spread"] == pytest.approx((shape["best_flops"] - shape["worst_flops"]) / shape["best_flops"])
     assert probe["peak_flops"] == max(s["best_flops"] for s in probe["shapes"])
     assert probe["max_relative_spread"] == max(s["relative_spread"] for s in probe["shapes"])
+
+
+def test_lm_eval_task_file_stores_exactly_our_prompts_and_continuations(tmp_path):
+    """The lm-eval comparison scores the strings our evaluation scores: each stored prompt is
+    ``task.build_prompt(row, shots)``, the choices are our continuations, and the YAML adds nothing
+    (no delimiter before a choice, no description, no demonstrations of lm-eval's). No lm_eval needed."""
+    import yaml
+
+    from benchmarks import lm_eval_compare
+    from nlu_helpers import evaluation
+    from nlu_helpers.tasks import get_task
+
+    task = get_task("movie-snippets")
+    rows = [{"sentence": 'A "quoted" {{ braces }} review\nwith a newline', "label": 1, "idx": 7},
+            {"sentence": "Flat and dull.", "label": 0, "idx": 8}]
+    shots = [{"sentence": "Wonderful.", "label": 1, "idx": 1}, {"sentence": "Awful.", "label": 0, "idx": 2}]
+    config_path, records, continuations = lm_eval_compare.write_lm_eval_task(tmp_path, task, rows, shots, name="tiny_task")
+    stored = [json.loads(line) for line in (tmp_path / "tiny_task.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["prompt"] for r in stored] == [task.build_prompt(row, shots) for row in rows]
+    assert [r["label"] for r in stored] == [1, 0] and stored == records
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    assert config["doc_to_choice"] == continuations == evaluation._continuations(task) == [" Negative", " Positive"]
+    assert config["output_type"] == "multiple_choice" and config["task"] == "tiny_task"
+    assert config["doc_to_text"] == "prompt" and config["doc_to_target"] == "label"  # column names: read as is, no template
+    assert config["target_delimiter"] == "" and config["description"] == "" and config["num_fewshot"] == 0
+    assert Path(config["dataset_kwargs"]["data_files"]["validation"]) == tmp_path / "tiny_task.jsonl"
+    with pytest.raises(ValueError, match="classification"):
+        lm_eval_compare.prompt_rows(get_task("stsb"), [{"sentence1": "a", "sentence2": "b", "label": 3.0}])
+
+
+def test_lm_eval_compare_names_the_install_command_when_lm_eval_is_missing(monkeypatch):
+    import sys
+
+    from benchmarks import lm_eval_compare
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval -> ModuleNotFoundError
+    with pytest.raises(SystemExit, match=r"pip install 'lm-eval==0\.4\.13'"):
+        lm_eval_compare.import_lm_eval()
