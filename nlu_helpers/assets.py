@@ -12,11 +12,15 @@ we need into a cache folder outside the repository:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +37,7 @@ class Archive:
     filename: str  # the file pip downloads
     sha256: str
     source: bool = False  # True: the sdist (--no-binary), False: the wheel
+    direct: bool = False  # True: fetch the file from the index's project page (pip can't build its metadata)
 
 
 VADER_SDIST = Archive(
@@ -73,17 +78,81 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(archive: Archive) -> Path:
-    """The verified archive in the cache, downloading it through pip if needed."""
+def _pip_download(archive: Archive, folder: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", folder]
+    command += ["--no-binary", ":all:"] if archive.source else ["--only-binary", ":all:"]
+    command.append(archive.requirement)
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def index_urls() -> list[str]:
+    """The package indexes pip is configured with (index-url first, then extra-index-url), else pip's default."""
+    listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+    main, extra = [], []
+    for line in listed.splitlines():
+        key, _, value = line.partition("=")
+        urls = value.strip().strip("'\"").split()
+        if key.endswith(".extra-index-url"):
+            extra += urls
+        elif key.endswith(".index-url"):
+            main += urls
+    if not main:
+        from pip._internal.models.index import PyPI  # pip's own default index
+
+        main = [PyPI.simple_url]
+    return list(dict.fromkeys(main + extra))
+
+
+def _file_url(index: str, archive: Archive) -> str | None:
+    """The archive's URL on one index's project page (PEP 691 JSON, else the HTML page), or None."""
+    project = re.sub(r"[-_.]+", "-", archive.requirement.split("==")[0]).lower()
+    page = urllib.parse.urljoin(index.rstrip("/") + "/", project + "/")
+    request = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            kind, body = response.headers.get("content-type", ""), response.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    if "json" in kind:
+        links = [f["url"] for f in json.loads(body).get("files", []) if f.get("filename") == archive.filename]
+    else:
+        links = [h for h in re.findall(r'href="([^"]+)"', body) if h.split("#")[0].endswith("/" + archive.filename)]
+    return urllib.parse.urljoin(page, links[0].split("#")[0]) if links else None
+
+
+def _download_direct(archive: Archive, folder: str, progress: bool) -> str:
+    """Download the archive straight from an index's project page into ``folder``; '' or why it failed."""
+    from tqdm.auto import tqdm
+
+    for index in index_urls():
+        url = _file_url(index, archive)
+        if url is None:
+            continue
+        try:
+            with urllib.request.urlopen(url, timeout=180) as response, open(Path(folder) / archive.filename, "wb") as out:
+                total = int(response.headers.get("content-length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=archive.filename, disable=not progress) as bar:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        out.write(block)
+                        bar.update(len(block))
+            return ""
+        except OSError as error:
+            return f"download failed: {error}"
+    return f"no configured index lists {archive.filename}"
+
+
+def fetch(archive: Archive, *, progress: bool = False) -> Path:
+    """The verified archive in the cache, downloading it through the package index if needed."""
     target = cache_dir() / "archives" / archive.filename
     if target.exists() and sha256_of(target) == archive.sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", tmp]
-        command += ["--no-binary", ":all:"] if archive.source else ["--only-binary", ":all:"]
-        command.append(archive.requirement)
-        result = subprocess.run(command, capture_output=True, text=True)
+        if archive.direct:
+            reason = _download_direct(archive, tmp, progress)
+            result = subprocess.CompletedProcess([], 1 if reason else 0, "", reason)
+        else:
+            result = _pip_download(archive, tmp)
         downloaded = Path(tmp) / archive.filename
         if result.returncode != 0 or not downloaded.exists():
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]

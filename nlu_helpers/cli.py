@@ -294,11 +294,13 @@ def accelerate_config(name: str) -> Path:
     return Path(str(resources.files("nlu_helpers") / "accelerate_configs" / f"{key}.yaml"))
 
 
-def setup() -> None:
-    """Fetch and prepare everything the offline default needs (idempotent, fast when done)."""
+def setup(profile: str | None = None) -> None:
+    """Fetch and prepare everything the offline default needs (idempotent, fast when done), and with
+    ``profile`` the data of every task that profile runs (e.g. the offline suite's, for ``cpu-suite``)."""
     from nlu_helpers import data, models
     from nlu_helpers.assets import cache_dir
-    from nlu_helpers.tasks import OFFLINE_TASK
+    from nlu_helpers.runner import load_profile
+    from nlu_helpers.tasks import OFFLINE_TASK, get_task
 
     start = time.perf_counter()
     model_dir, tiny_dir = models.embedded_model_dir(), models.tiny_model_dir()
@@ -306,6 +308,14 @@ def setup() -> None:
     print(f"setup: cache {cache_dir()}")
     print(f"setup: embedded model {model_dir}; tiny test model {tiny_dir}")
     print(f"setup: offline task {OFFLINE_TASK}: {sizes} ({time.perf_counter() - start:.1f} s)")
+    if profile is None:
+        return
+    parameters = load_profile(profile)["parameters"]
+    for name in dict.fromkeys([parameters.get("task"), *(parameters.get("tasks") or [])]):
+        if name and name != OFFLINE_TASK:
+            task = get_task(name)  # fetches a suite task's rows on first use
+            if task.data_files:
+                print(f"setup: task {task.name} for profile {profile}: {_data_source(task)}")
 
 
 def _data_source(task: "Task") -> str:
@@ -316,12 +326,30 @@ def _data_source(task: "Task") -> str:
     return "embedded (offline)"
 
 
+def _suite_rows(listed: set[str]) -> list[tuple[str, str, str, str]]:
+    """The offline suite's packaged task files not loaded yet, read without fetching their data."""
+    import yaml
+
+    from nlu_helpers.suite import suite_task_files
+    from nlu_helpers.taskfile import _Loader
+
+    rows = []
+    for name, path in suite_task_files().items():
+        if name not in listed:
+            spec = yaml.load(path.read_text(), Loader=_Loader)
+            labels = spec["labels"].values() if isinstance(spec["labels"], dict) else spec["labels"]
+            rows.append((name, "classification", " / ".join(map(str, labels)),
+                         f"BIG-bench {spec['bigbench']} (offline suite: fetched on first use)"))
+    return rows
+
+
 def tasks_table() -> str:
     """The registry, one task a line: name, kind, label words, where its data comes from."""
     from nlu_helpers.tasks import TASKS
 
     rows = [(t.name, t.kind, "number 0-5" if t.kind == "regression" else " / ".join(t.answer_words), _data_source(t))
             for t in TASKS.values()]
+    rows += _suite_rows({row[0] for row in rows})
     widths = [max(len(r[i]) for r in rows + [("task", "kind", "labels", "data")]) for i in range(3)]
     return "\n".join(f"{a:{widths[0]}}  {b:{widths[1]}}  {c:{widths[2]}}  {d}" for a, b, c, d in [("task", "kind", "labels", "data"), *rows])
 
@@ -379,8 +407,17 @@ def _run(argv: Sequence[str]) -> int:
 
 
 def _setup(argv: Sequence[str]) -> int:
-    ArgumentParser(prog=f"{PROG} setup", description=setup.__doc__).parse_args(argv)
-    setup()
+    parser = ArgumentParser(prog=f"{PROG} setup", description=setup.__doc__)
+    parser.add_argument("--profile", default=None, help="also fetch the data of every task this profile runs (e.g. cpu-suite)")
+    args = parser.parse_args(argv)
+    if args.profile is not None:
+        from nlu_helpers.runner import load_profile
+
+        try:
+            load_profile(args.profile)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    setup(args.profile)
     return 0
 
 

@@ -16,13 +16,15 @@ from nlu_helpers import metrics as metrics_lib
 from nlu_helpers.results import RESULTS
 from nlu_helpers.tasks import get_task
 
-STAGES = ("zero-shot", "few-shot", "sft", "ppo", "encoder")
+STAGES = ("zero-shot", "few-shot", "sft", "ppo", "ppo-multi-task", "encoder")
 
 # The paper's GLUE test-server averages (LLaMA2-7B-chat) and BERT's GLUE test numbers (paper-facts).
 PAPER_GLUE_AVERAGE = {
-    "zero-shot": 46.1, "few-shot": 58.7, "sft": 78.5, "ppo": 84.8, "ppo multi-task": 82.9,
+    "zero-shot": 46.1, "few-shot": 58.7, "sft": 78.5, "ppo": 84.8, "ppo-multi-task": 82.9,
     "BERT-base": 79.6, "BERT-large": 82.1,
 }
+PAPER_ROW_OF_STAGE = {"zero-shot": "zero-shot", "few-shot": "few-shot", "sft": "sft", "ppo": "ppo",
+                      "ppo-multi-task": "ppo-multi-task", "encoder": "BERT-base"}  # our stage -> the paper's row
 BERT_GLUE = {
     "BERT-base": {"mnli-m": 84.6, "mnli-mm": 83.4, "qqp": 71.2, "qnli": 90.5, "sst2": 93.5, "cola": 52.1,
                   "stsb": 85.8, "mrpc": 88.9, "rte": 66.4, "average": 79.6},
@@ -145,6 +147,68 @@ def gains(run_dir: str | Path, records: Sequence[Mapping], pairs: Sequence[tuple
             result = paired_gain(task, [p["prediction"] for p in pa], [p["prediction"] for p in pb], refs,
                                  groups=groups, **kwargs)
             out.append({"comparison": f"{stage_b} - {stage_a}", "task": task, "split": split, **result})
+    return out
+
+
+def _paired_rows(run_dir: str | Path, records: Sequence[Mapping], stage_a: str, stage_b: str) -> dict[str, tuple]:
+    """Per task: (task, predictions of A, predictions of B, references) on the first split both scored on the same rows."""
+    by_key = {(r["stage"], r["task"], r.get("split")): r for r in records}
+    found: dict[str, tuple] = {}
+    for (stage, task_name, split), a in by_key.items():
+        b = by_key.get((stage_b, task_name, split))
+        if stage != stage_a or b is None or task_name in found:
+            continue
+        task = get_task(task_name)
+        if task.kind != "classification" or task.group_by:
+            continue
+        pa, pb = load_predictions(run_dir, a), load_predictions(run_dir, b)
+        if [p["index"] for p in pa] == [p["index"] for p in pb]:
+            found[task_name] = (task, [p["prediction"] for p in pa], [p["prediction"] for p in pb], [p["label"] for p in pa])
+    return found
+
+
+def average_gains(
+    run_dir: str | Path,
+    records: Sequence[Mapping],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    scale: float = 100.0,
+) -> list[dict]:
+    """The gain of stage B over stage A on the *average* over tasks, with a paired, stratified bootstrap CI.
+
+    Each resample draws every task's rows with replacement (the same rows for A and B, each
+    task on its own), recomputes each task's main metric and averages over the tasks both
+    stages evaluated. So the interval holds the noise of every column at once, paired.
+    """
+    out = []
+    for stage_a, stage_b in pairs:
+        paired = _paired_rows(run_dir, records, stage_a, stage_b)
+        if not paired:
+            continue
+        rng = np.random.default_rng(seed)
+
+        def average(index_of: Mapping[str, Sequence[int]], which: int) -> float:
+            """The mean over tasks of each task's main metric, on the rows ``index_of`` picks (A: 0, B: 1)."""
+            scores = []
+            for name, (task, predictions_a, predictions_b, refs) in paired.items():
+                predictions, index = (predictions_a, predictions_b)[which], index_of[name]
+                scores.append(metrics_lib.compute(task, [predictions[i] for i in index], [refs[i] for i in index])[task.main_metric])
+            return float(np.mean(scores))
+
+        everything = {name: range(len(rows[3])) for name, rows in paired.items()}
+        gain = average(everything, 1) - average(everything, 0)
+        samples = []
+        for _ in range(n_resamples):
+            index_of = {name: rng.integers(0, len(rows[3]), len(rows[3])).tolist() for name, rows in paired.items()}
+            samples.append(average(index_of, 1) - average(index_of, 0))
+        tail = (1 - level) / 2 * 100
+        out.append({"comparison": f"{stage_b} - {stage_a}", "tasks": len(paired), "task_names": sorted(paired),
+                    "gain": gain * scale, "low": float(np.percentile(samples, tail)) * scale,
+                    "high": float(np.percentile(samples, 100 - tail)) * scale,
+                    "above_zero": bool(np.percentile(samples, tail) > 0), "rows": sum(len(r[3]) for r in paired.values())})
     return out
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from nlu_helpers.parsing import parse_answer
-from nlu_helpers.tasks import Task, get_task
+from nlu_helpers.tasks import Task, get_task, task_of
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,9 @@ PAPER = RewardConfig()
 
 
 def reward(task: Task | str, text: str, example: Mapping, config: RewardConfig = PAPER) -> float:
-    """The reward for generating ``text`` on ``example`` (a data row with its gold ``label``)."""
-    task = get_task(task)
+    """The reward for generating ``text`` on ``example`` (a data row with its gold ``label``); with a
+    :class:`~nlu_helpers.tasks.TaskMix` the row's own task judges it."""
+    task = task_of(get_task(task), example)
     gold = task.check_label(example)
     prediction = parse_answer(task, text, strict=True)
     if task.kind == "regression":

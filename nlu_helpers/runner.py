@@ -101,10 +101,27 @@ def parameters_for(path: Path, profile_name: str, profile: Mapping, overrides: M
     return {key: value for key, value in wanted.items() if key in declared}
 
 
-def work_items(paths: Sequence[Path], profile: Mapping, overrides: Mapping) -> list[tuple[Path, str | None, str]]:
+RUNS = ("each", "first", "multi-task")  # a profile's ``runs`` for a task notebook: one run per task, one on the first
+# task only (an illustration that needs no repeat), one on all tasks at once
+MULTI_TASK = "multi-task"
+
+
+def notebook_runs(profile: Mapping, stem: str) -> tuple[str, ...]:
+    """How a task notebook runs over a ``tasks`` list: the profile's ``notebooks.<name>.runs`` (default ``[each]``)."""
+    runs = (profile["notebooks"].get(stem) or {}).get("runs", ["each"])
+    runs = [runs] if isinstance(runs, str) else list(runs)
+    bad = [r for r in runs if r not in RUNS]
+    if bad or not runs:
+        raise ValueError(f"notebooks.{stem}.runs {runs!r}: allowed values are {', '.join(RUNS)} (a list of them)")
+    return tuple(runs)
+
+
+def work_items(paths: Sequence[Path], profile: Mapping, overrides: Mapping) -> list[tuple[Path, str | list[str] | None, str]]:
     """``(notebook, task, key)`` in run order. With a ``tasks`` list in the profile (or
     ``-p tasks=[...]``), every notebook that declares a ``task`` parameter runs once per
-    task (key ``02_zero_few_shot:rte``); without one each notebook runs once (key = its name)."""
+    task (key ``02_zero_few_shot:rte``), and, where the profile says ``runs: [multi-task]``,
+    once with the whole list as its ``task`` (key ``03_lora_sft:multi-task``: the paper's
+    multi-task SFT and PPO); without a list each notebook runs once (key = its name)."""
     import papermill
 
     tasks = overrides.get("tasks", profile["parameters"].get("tasks"))
@@ -121,7 +138,13 @@ def work_items(paths: Sequence[Path], profile: Mapping, overrides: Mapping) -> l
     items = []
     for path in paths:
         if "task" in papermill.inspect_notebook(str(path)):
-            items += [(path, name, f"{path.stem}:{name}") for name in names]
+            runs = notebook_runs(profile, path.stem)
+            if "each" in runs:
+                items += [(path, name, f"{path.stem}:{name}") for name in names]
+            elif "first" in runs:
+                items.append((path, names[0], f"{path.stem}:{names[0]}"))
+            if MULTI_TASK in runs:
+                items.append((path, names, f"{path.stem}:{MULTI_TASK}"))
         else:
             items.append((path, None, path.stem))
     return items
@@ -315,7 +338,7 @@ def run(
             continue
         bar.set_postfix_str(key)
         params = parameters_for(path, profile_name, profile, {**overrides, **({"task": task} if task else {})}, run_dir)
-        executed = run_dir / (path.name if task is None else f"{path.stem}-{task}.ipynb")
+        executed = run_dir / (path.name if task is None else key.replace(':', '-') + '.ipynb')
         start = time.perf_counter()
         before = _files(run_dir)
         status["notebooks"][key] = {"status": "running", "parameters": params}

@@ -24,7 +24,7 @@ from nlu_helpers.metrics import main_score
 from nlu_helpers.report import column_of
 from nlu_helpers.tasks import Task, get_task
 
-STAGES = ("zero-shot", "few-shot", "sft", "ppo", "grpo", "encoder")
+STAGES = ("zero-shot", "few-shot", "sft", "ppo", "ppo-multi-task", "grpo", "encoder")
 
 # What a profile may set for a notebook beyond the parameters its `parameters` cell declares,
 # with the value used when the profile does not say. Keeping these out of the parameters
@@ -55,6 +55,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "overwrite": False,         # True: retrain even when the adapter folder holds a finished run
         "eval_batch_size": 16,
         "max_new_tokens": 8,
+        "modes": ["generate", "score"],  # evaluation modes ("generate": the paper's reading; "score": rank classification)
         "n_bootstrap": 1000,
     },
     "04_ppo": {
@@ -64,6 +65,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "checkpoint_every": 5,      # a rerun after a disconnect resumes from the last checkpoint
         "eval_batch_size": 16,
         "max_new_tokens": 8,        # for evaluation (rollouts use the preset's range)
+        "modes": ["generate", "score"],  # evaluation modes, as for notebook 03
         "compare_grpo": False,      # also train TRL's GRPOTrainer with the same reward and evaluate it
         "grpo_steps": 20,
         "n_bootstrap": 1000,

@@ -14,7 +14,9 @@ metrics: [accuracy, f1]          # default [accuracy]
 
 ``labels`` may be a plain list of words when the file holds label ids 0..n-1.
 ``dataset: owner/name`` (with ``config:`` and ``splits: {ours: hub's}``) stands in for
-``data_files``. Paths are relative to the task file. A test split may lack the
+``data_files``, and so does ``bigbench: <task>`` for the offline suite's BIG-bench tasks
+(:mod:`nlu_helpers.suite`: the rows are extracted from the ``bigbench==1.0.0`` source archive,
+fetched through the package index the first time). Paths are relative to the task file. A test split may lack the
 label column (hidden labels). ``get_task("my-reviews.yaml")`` reads the file, checks
 it and its data (every problem at once, in a :class:`~nlu_helpers.tasks.TaskFileError`),
 and registers the task under its name; :func:`check_task_file` reports on a file.
@@ -39,7 +41,7 @@ from nlu_helpers import data, tasks
 from nlu_helpers.tasks import DATA_FORMATS, STANDARD_SPLITS, Task, TaskFileError
 
 KEYS = ("name", "title", "instruction", "fields", "label_column", "labels", "data_files",
-        "dataset", "config", "splits", "metrics")
+        "dataset", "config", "splits", "bigbench", "metrics")
 REQUIRED = ("name", "instruction", "fields", "labels")
 METRICS = ("accuracy", "f1", "mcc")
 _NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
@@ -119,10 +121,23 @@ def _fields(spec: dict, problems: list[str]) -> tuple[tuple[str, tuple[str, ...]
     return tuple((shown, (column,)) for column, shown in fields.items())
 
 
+def _bigbench_files(name, problems: list[str]) -> dict[str, str] | None:
+    from nlu_helpers import assets, suite
+
+    if name not in suite.BIGBENCH_TASKS:
+        problems.append(f"bigbench: {name!r} is not one of the suite's BIG-bench tasks: {', '.join(suite.BIGBENCH_TASKS)}")
+        return None
+    try:
+        return suite.bigbench_files(name)
+    except assets.AssetUnavailable as error:
+        problems.append(f"bigbench: {error}")
+        return None
+
+
 def _data_files(spec: dict, folder: Path, problems: list[str]) -> dict[str, str] | None:
     files = spec.get("data_files")
     if files is None:
-        return None
+        return _bigbench_files(spec["bigbench"], problems) if "bigbench" in spec else None
     if not isinstance(files, dict) or not files or not all(isinstance(f, str) and f for f in files.values()):
         problems.append(f"data_files must map split names to files, e.g. {{train: train.csv}}; got {files!r}")
         return None
@@ -166,8 +181,10 @@ def _build(path: Path, spec: dict) -> tuple[Task | None, list[str]]:
         problems.append(f"metrics {metrics!r}: allowed are {', '.join(METRICS)} (the first is the main metric)")
     data_files = _data_files(spec, path.parent, problems)
     dataset, config, splits = spec.get("dataset"), spec.get("config"), spec.get("splits")
-    if (data_files is None) == (dataset is None) and not any("data_files" in p for p in problems):
-        problems.append("give either data_files (files next to the task file) or dataset (a hub data set id), not both or neither")
+    sources = [key for key in ("data_files", "dataset", "bigbench") if spec.get(key) is not None]
+    if len(sources) != 1:
+        problems.append("give one of data_files (files next to the task file), dataset (a hub data set id) or bigbench "
+                        f"(a suite task); got {', '.join(sources) or 'none'}")
     if dataset is not None and (not isinstance(dataset, str) or not dataset.strip()):
         problems.append(f"dataset must be a hub data set id such as 'owner/name', got {dataset!r}")
     if splits is not None and (dataset is None or not isinstance(splits, dict) or not splits):

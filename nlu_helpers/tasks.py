@@ -419,6 +419,61 @@ def is_task_file(name: object) -> bool:
     return isinstance(name, (str, os.PathLike)) and str(name).strip().lower().endswith(TASK_FILE_SUFFIXES)
 
 
+@dataclass(frozen=True)
+class TaskMix:
+    """Several tasks trained as one (the paper's multi-task PPO): every row names its task in ``row["task"]``.
+
+    It answers what PPO asks of a task (``name``, ``kind``, ``check_label``, ``build_prompt``)
+    by asking the row's own task, so each row keeps its prompt, label words and reward.
+    """
+
+    tasks: tuple[Task, ...]
+    name: str = "multi-task"
+
+    def __post_init__(self) -> None:
+        unsupported = [t.name for t in self.tasks if t.kind != "classification"]
+        if not self.tasks or unsupported:
+            raise ValueError(f"a task mix takes classification tasks (label words); got {unsupported or 'none'}")
+
+    @property
+    def kind(self) -> str:
+        return "classification"
+
+    @property
+    def title(self) -> str:
+        return "multi-task (" + ", ".join(t.name for t in self.tasks) + ")"
+
+    def of(self, row: Mapping) -> Task:
+        """The task a row belongs to."""
+        names = {t.name: t for t in self.tasks}
+        if row.get("task") not in names:
+            raise ValueError(f"row's task {row.get('task')!r} is not in this mix; allowed: {', '.join(names)}")
+        return names[row["task"]]
+
+    def check_label(self, row: Mapping) -> int | float:
+        return self.of(row).check_label(row)
+
+    def build_prompt(self, row: Mapping, shots: Sequence[Mapping] = (), answer_format: str = "options") -> str:
+        return self.of(row).build_prompt(row, shots, answer_format)
+
+    def target(self, row: Mapping) -> str:
+        return self.of(row).target(row)
+
+
+def task_of(task: "Task | TaskMix", row: Mapping) -> Task:
+    """The task that judges ``row``: ``task`` itself, or the row's own task when ``task`` is a mix."""
+    return task.of(row) if isinstance(task, TaskMix) else task
+
+
+def mix_rows(rows_by_task: Mapping[str, Sequence[Mapping]], *, seed: int = 0) -> tuple[TaskMix, list[dict]]:
+    """A :class:`TaskMix` of the tasks and their rows, each tagged with ``task``, shuffled with ``seed``."""
+    import random
+
+    mixed = [dict(row) | {"task": get_task(name).name} for name, rows in rows_by_task.items() for row in rows]
+    random.Random(seed).shuffle(mixed)
+    return TaskMix(tuple(get_task(name) for name in rows_by_task)), mixed
+
+
 def get_task(name: str | os.PathLike | Task) -> Task:
     """A task by name, case-insensitive ("SST2", "superglue-rte", "axb", "AX-b"), or from a task file.
 
@@ -426,7 +481,7 @@ def get_task(name: str | os.PathLike | Task) -> Task:
     (see :mod:`nlu_helpers.taskfile`); later calls return the same task until the
     file or its data change.
     """
-    if isinstance(name, Task):
+    if isinstance(name, (Task, TaskMix)):
         return name
     if is_task_file(name):
         from nlu_helpers import taskfile  # taskfile builds Tasks: imported here, not at the top
@@ -440,6 +495,13 @@ def get_task(name: str | os.PathLike | Task) -> Task:
     for alias, canonical in _ALIASES.items():
         if alias.replace("-", "") == compact:
             return TASKS[canonical]
+    from nlu_helpers.suite import suite_task_files  # the offline suite's packaged task files, read on first use
+
+    packaged = suite_task_files()
+    if key in packaged:
+        from nlu_helpers import taskfile
+
+        return taskfile.load_task_file(packaged[key])
     failures: list[str] = []
     if os.environ.get(TASK_FILES_ENV):  # task files a parent process loaded (the runner, for a kernel)
         from nlu_helpers import taskfile
@@ -448,7 +510,8 @@ def get_task(name: str | os.PathLike | Task) -> Task:
         if key in _ALIASES:
             return TASKS[_ALIASES[key]]
     unread = f"; task files that could not be read: {' | '.join(failures)}" if failures else ""
-    raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}{unread}")
+    known = sorted({*TASKS, *packaged})
+    raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(known)}{unread}")
 
 
 def register_task(

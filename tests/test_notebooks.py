@@ -98,7 +98,7 @@ def _declared() -> dict[str, set[str]]:
     return {p.stem: set(papermill.inspect_notebook(str(p))) for p in runner.notebook_paths()}
 
 
-@pytest.mark.parametrize("name", ["smoke", "cpu-demo", "colab-t4", "paper"])
+@pytest.mark.parametrize("name", runner.profiles())
 def test_every_profile_key_is_a_parameter_or_a_setting_of_its_notebook(name):
     """A profile key no notebook reads would be ignored without a word."""
     from nlu_helpers.stages import SETTINGS
@@ -107,7 +107,7 @@ def test_every_profile_key_is_a_parameter_or_a_setting_of_its_notebook(name):
     declared = _declared()
     for notebook, values in profile["notebooks"].items():
         assert notebook in declared, f"profile {name!r} names notebook {notebook!r}; there are {sorted(declared)}"
-        unknown = set(values or {}) - declared[notebook] - set(SETTINGS[notebook])
+        unknown = set(values or {}) - declared[notebook] - set(SETTINGS[notebook]) - {"runs"}  # runs: the runner's own
         assert not unknown, f"profile {name!r} sets {sorted(unknown)} that {notebook} neither declares nor reads as a setting"
     everywhere = set().union(*declared.values(), *map(set, SETTINGS.values())) | {"tasks"}
     assert not set(profile["parameters"]) - everywhere, f"profile {name!r}: {set(profile['parameters']) - everywhere}"
@@ -146,3 +146,22 @@ def test_every_code_cell_has_prose_beside_it():
         lines = sum(len([line for line in c.source.splitlines() if line.strip() and not line.lstrip().startswith("#")])
                     for c in cells[start:] if c.cell_type == "code")
         assert words >= 6 * lines, f"{path.name}: {words} words of prose for {lines} lines of code"
+
+
+def test_the_suite_shape_runs_multi_task_sft_and_both_ppo_rows(tmp_path):
+    """The smoke-suite profile (tiny model, two suite tasks): notebook 03 trains one adapter on the mix,
+    04 runs PPO on each task and once on the mix, and 06 averages over the tasks with paired CIs."""
+    run_dir = runner.run("smoke-suite", run_dir=tmp_path / "run", only=["03", "04", "06"], progress=False)
+    status = json.loads((run_dir / "run.json").read_text())
+    assert list(status["notebooks"]) == ["03_lora_sft:multi-task", "04_ppo:hyperbaton", "04_ppo:sports-understanding",
+                                         "04_ppo:multi-task", "06_results"]
+    assert all(entry["status"] == "done" for entry in status["notebooks"].values()), status
+    assert {p.name for p in (run_dir / "adapters").iterdir()} == {"sft-multi-task", "ppo-hyperbaton", "ppo-sports-understanding",
+                                                                  "ppo-multi-task"}
+    evaluations = {(r["stage"], r["task"]) for r in load_results(run_dir) if "metrics" in r}
+    for task in ("hyperbaton", "sports-understanding"):
+        assert {("zero-shot", task), ("sft", task), ("ppo", task), ("ppo-multi-task", task)} <= evaluations
+    table = json.loads((run_dir / "results" / "06-results-table.json").read_text())
+    assert set(table["table"]["ppo-multi-task"]) == {"hyperbaton", "sports-understanding", "average"}
+    by_comparison = {row["comparison"]: row for row in table["average_gains"]}
+    assert by_comparison["ppo - sft"]["tasks"] == 2 and by_comparison["ppo - sft"]["rows"] == 16
