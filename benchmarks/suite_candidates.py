@@ -6,8 +6,10 @@ For every candidate task file in ``nlu_helpers/suite`` this evaluates the base m
 scoring mode on ``--rows`` validation rows, trains a LoRA adapter for ``--steps`` steps of
 ``--batch-size`` training rows (the cpu-demo's SFT settings otherwise), evaluates again, and prints
 one line per task: majority-class accuracy, zero-shot, after SFT, the gain with its 95% CI from a
-paired bootstrap over the same rows, and the minutes it took. A script, not a test: the suite was
-chosen from its output (see benchmarks/README.md).
+paired bootstrap over the same rows, and the minutes it took. ``--zero-shot-only`` skips the
+training: scoring-mode zero-shot on ``--rows`` seeded validation rows (``data.load_split(...,
+shuffle_seed=0)``) with the share of each predicted label, a minute per task. A script, not a
+test: the suite was chosen from its output (see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -37,6 +39,27 @@ def paired_gain(before: list, after: list, references: list, n_bootstrap: int = 
     return 100 * diff.mean(), 100 * np.percentile(means, 2.5), 100 * np.percentile(means, 97.5)
 
 
+def zero_shot_only(args: argparse.Namespace) -> list[dict]:
+    """Scoring-mode zero-shot per task, with the majority class and how the predictions spread over the labels."""
+    tokenizer = models.load_tokenizer(args.model)
+    base = models.load_model(args.model, device="cpu", dtype="float32")
+    lines = []
+    for name in args.tasks.split(","):
+        started, task = time.perf_counter(), get_task(name)
+        rows = data.load_split(task, "validation", limit=args.rows, shuffle_seed=0)
+        references = list(rows["label"])
+        result = evaluation.evaluate(base, tokenizer, task, rows, mode="score", n_bootstrap=0, progress=False)
+        shares = Counter(task.answer_words[p["prediction"]] for p in result.predictions)
+        line = {"task": task.name, "rows": len(references),
+                "majority": 100 * Counter(references).most_common(1)[0][1] / len(references),
+                "zero_shot": 100 * result.metrics["accuracy"], "predicted": dict(shares),
+                "minutes": (time.perf_counter() - started) / 60}
+        lines.append(line)
+        print(f"{task.name:<22} majority {line['majority']:5.1f}  zero-shot {line['zero_shot']:5.1f}  predicted {dict(shares)}",
+              flush=True)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=models.EMBEDDED_MODEL)
@@ -46,7 +69,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--json", default=None, help="also write the lines here")
+    parser.add_argument("--zero-shot-only", action="store_true", help="no SFT: zero-shot and the predicted label shares")
     args = parser.parse_args(argv)
+    if args.zero_shot_only:
+        return zero_shot_only(args)
 
     tokenizer = models.load_tokenizer(args.model)
     base = models.load_model(args.model, device="cpu", dtype="float32")
