@@ -31,8 +31,9 @@ from nlu_helpers.generation import trim_padding
 from nlu_helpers.parsing import parse_answer
 from nlu_helpers.ppo_run import LOG_KEYS, PPORun, StepTensors, checked_rows, make_optimizer, train_ppo  # noqa: F401 - train_ppo is ppo.train_ppo
 from nlu_helpers.policy import as_reference, load_policy, lora_settings, trained_base_parameters
+from nlu_helpers.prefix_cache import answer_states
 from nlu_helpers.settings import check_names, from_dict, positive_ints, require, to_dict
-from nlu_helpers.tasks import Task, get_task
+from nlu_helpers.tasks import Task, get_task, task_of
 from nlu_helpers.timing import phase
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,7 +83,7 @@ class PPOConfig:
     lora_target_modules: tuple[str, ...] | str | None = None  # None: PEFT's default (q_proj, v_proj on Llama)
     value_dropout: float = 0.1  # dropout before the value head's linear layer
     load_in_4bit: bool = False  # QLoRA: the frozen base in 4 bits (CUDA + bitsandbytes), LoRA and value head in full precision
-    prefix_cache: bool = True  # run the prompts' shared prefix once per rollout (same answers, faster; nlu_helpers.prefix_cache)
+    prefix_cache: bool = True  # the prompts' shared prefix once per rollout, reference chunk and mini-batch (same numbers, faster)
     passes: int = 3  # passes over the training rows when train() is given no step count
     seed: int = 0
 
@@ -308,14 +309,12 @@ class ActorCritic(nn.Module):
     def base(self) -> nn.Module:
         return self.policy.get_base_model()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int,
-                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-prob, entropy and value at the last ``response_width`` tokens. [B, L] x2 -> 3 x [B, R]."""
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L], as generate() numbers them
-        hidden = self.base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                         use_cache=False).last_hidden_state  # [B, L, H]
-        # the state at position i predicts token i + 1: the R states before each answer token
-        return self.heads(hidden[:, -response_width - 1: -1], input_ids[:, -response_width:], temperature)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int, temperature: float = 1.0,
+                prefix_cache: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-prob, entropy and value at the last ``response_width`` tokens. [B, L] x2 -> 3 x [B, R]. ``prefix_cache``:
+        the rows' shared prompt prefix runs once (same numbers; :func:`~nlu_helpers.prefix_cache.answer_states`)."""
+        hidden = answer_states(self.base.get_decoder(), input_ids, attention_mask, response_width, share=prefix_cache)  # [B, R, H]
+        return self.heads(hidden, input_ids[:, -response_width:], temperature)  # the states before each answer token
 
     def heads(self, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-prob, entropy and value from the states before the tokens. [B, R, H], [B, R] -> 3 x [B, R]."""
@@ -411,7 +410,7 @@ class PPOTrainer(PPORun):
         with phase(seconds, "reward"):
             scores = torch.tensor([rewards_lib.reward(self.task, t, r, cfg.reward) for t, r in zip(out.texts, rows)],
                                   dtype=torch.float32, device=ids.device)  # [B]
-            predictions = [parse_answer(self.task, t, strict=True) for t in out.texts]
+            predictions = [parse_answer(task_of(self.task, r), t, strict=True) for t, r in zip(out.texts, rows)]
 
         # 3. Log-probs: the sampling policy's from generation's own states, the reference's from a forward pass ---
         with phase(seconds, "reference"), torch.no_grad():
@@ -421,7 +420,7 @@ class PPOTrainer(PPORun):
                 for start in range(0, batch, cfg.batch_size):
                     chunk = slice(start, start + cfg.batch_size)
                     chunk_ids, chunk_attn, w = trim_padding(ids[chunk], attn[chunk], mask[chunk])
-                    ref_logprobs[chunk, :w] = ac(chunk_ids, chunk_attn, w, cfg.temperature)[0]
+                    ref_logprobs[chunk, :w] = ac(chunk_ids, chunk_attn, w, cfg.temperature, cfg.prefix_cache)[0]  # prefix once per chunk
             ref_logprobs *= mask
 
         with phase(seconds, "advantages"):
@@ -450,7 +449,7 @@ class PPOTrainer(PPORun):
                         idx = order[step_start + micro * cfg.batch_size: step_start + (micro + 1) * cfg.batch_size]
                         mb_ids, mb_attn, w = trim_padding(ids[idx], attn[idx], mask[idx])
                         mb_mask = mask[idx, :w]  # [b, w]
-                        new_logprobs, _, new_values = self.model(mb_ids, mb_attn, w, cfg.temperature)  # [b, w] each
+                        new_logprobs, _, new_values = self.model(mb_ids, mb_attn, w, cfg.temperature, cfg.prefix_cache)  # [b, w] each
                         pg_loss, clip_frac, approx_kl = policy_loss(new_logprobs, logprobs[idx, :w], advantages[idx, :w], mb_mask, cfg.clip_range)
                         vf_loss, vf_clip_frac = value_loss(new_values, values[idx, :w], returns[idx, :w], mb_mask, cfg.clip_range_value)
                         loss = pg_loss + cfg.vf_coef * vf_loss

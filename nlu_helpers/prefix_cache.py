@@ -13,11 +13,16 @@ position it has today and never attends to a pad: each row computes what it comp
 (up to float summation order). Where the model's cache is not a plain per-layer key/value
 cache (sliding windows, linear-attention/recurrent states) or the shared part is short, the
 caller falls back to the plain left-padded batch.
+
+PPO's passes over prompt + answer (the reference pass, the update's mini-batches) use the same
+layout through :func:`answer_states`: the prefix once per mini-batch, its keys/values repeated
+to the rows (with gradients, the repeat sums the rows' gradients into the one prefix pass).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+import weakref
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import torch
 
@@ -25,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
 
 MIN_PREFIX_TOKENS = 16  # below this the prefix pass costs about what it saves
+_UNSHAREABLE: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()  # decoders whose cache proved unshareable in answer_states
 
 
 class PrefixBatch(NamedTuple):
@@ -62,6 +68,20 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
 
 
+def run_prefix(model: torch.nn.Module, prefix: torch.Tensor, rows: int, **kwargs: Any) -> Any:
+    """Run ``prefix`` ([1, S]) once and repeat its key/value cache to ``rows`` rows ([1, heads, S, d] ->
+    [rows, heads, S, d] in every layer); ``None`` where the model's cache cannot be shared. ``kwargs`` go to
+    the model's forward."""
+    out = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, **kwargs)
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    if not cache_is_shareable(cache):
+        return None
+    cache.batch_repeat_interleave(rows)  # differentiable: the rows' gradients sum into the one prefix pass
+    return cache
+
+
 def build(
     model: torch.nn.Module,
     tokenizer: "PreTrainedTokenizerBase",
@@ -78,13 +98,9 @@ def build(
     device = next(model.parameters()).device
     prefix = torch.tensor([list(rows[0][:shared])], device=device)  # [1, S]
     # the prefix needs no logits: keep one position so the LM head costs nothing
-    out = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, logits_to_keep=1)
-    cache = getattr(out, "cache", None)
+    cache = run_prefix(model, prefix, len(rows), logits_to_keep=1)
     if cache is None:
-        cache = getattr(out, "past_key_values", None)
-    if not cache_is_shareable(cache):
         return None
-    cache.batch_repeat_interleave(len(rows))  # [1, heads, S, d] -> [B, heads, S, d] in every layer
     width = max(len(r) for r in rows) - shared
     pad = tokenizer.pad_token_id
     input_ids = torch.full((len(rows), shared + width), pad, dtype=torch.long)  # [B, W]
@@ -97,3 +113,60 @@ def build(
             mask[i, shared + width - len(rest):] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     return PrefixBatch(input_ids=input_ids, attention_mask=mask, position_ids=positions(mask), cache=cache, shared=shared)
+
+
+def _shared_prompt_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> tuple[torch.Tensor, int] | None:
+    """Prompt lengths ``[B]`` and the shared prefix length ``S`` of a batch whose first ``prompt_width`` columns are
+    left-padded prompts; ``None`` if they are not laid out that way. Same rule as :func:`shared_length`: every row
+    keeps at least one prompt token of its own (its last prompt token's state predicts its first answer token)."""
+    prompt_mask = attention_mask[:, :prompt_width].long()  # [B, P]
+    lengths = prompt_mask.sum(1)  # [B] real prompt tokens, right-aligned at column P
+    columns = torch.arange(prompt_width, device=input_ids.device)  # [P]
+    if not torch.equal(prompt_mask, (columns[None, :] >= prompt_width - lengths[:, None]).long()):
+        return None  # holes in a prompt, or right padding: not the layout this module reasons about
+    shortest = int(lengths.min())
+    index = (prompt_width - lengths)[:, None] + columns[None, :shortest]  # [B, m] first m real tokens of each row
+    heads = input_ids.gather(1, index)  # [B, m]
+    same = (heads == heads[:1]).all(0).long()  # [m]
+    return lengths, min(int(same.cumprod(0).sum()), shortest - 1)
+
+
+def answer_states(decoder: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_width: int,
+                  *, share: bool = True, min_shared: int = MIN_PREFIX_TOKENS) -> torch.Tensor:
+    """The decoder's last hidden state before each of the last ``response_width`` tokens. [B, L] x2 -> [B, R, H].
+
+    ``input_ids`` is left-padded prompts followed by right-padded answers (generation's layout, ``L = P + R``).
+    Without ``share`` (or where it cannot pay or be done) one plain padded forward, positions ``cumsum(mask) - 1``.
+    With it, the rows' shared prompt prefix ``S`` runs once and the rest of the batch after it::
+
+        [pad pad | shared | rest of prompt i | answer i, pads]   ->   [shared] once, then [pads | rest of prompt i | answer i, pads]
+
+    Every real token keeps its position and its attention span, so the states equal the plain ones up to float
+    summation order. Falls back to the plain pass for one row, a short shared part, a model whose cache cannot be
+    shared (:func:`cache_is_shareable`), or a decoder in training mode (dropout would be drawn once for all rows).
+    """
+    prompt_width = input_ids.shape[1] - response_width  # P
+    found = (_shared_prompt_prefix(input_ids, attention_mask, prompt_width)
+             if share and not decoder.training and input_ids.shape[0] > 1 and decoder not in _UNSHAREABLE else None)
+    cache = None
+    if found is not None and found[1] >= max(min_shared, 1):
+        lengths, shared = found
+        first = prompt_width - int(lengths[0])
+        cache = run_prefix(decoder, input_ids[:1, first:first + shared], input_ids.shape[0])  # [1, S] once -> B rows
+        if cache is None:  # PPO runs many passes per step: do not run the prefix in vain again for this model
+            _UNSHAREABLE.add(decoder)
+    if cache is None:  # the plain pass, as before the prefix cache
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L], as generate() numbers them
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=False).last_hidden_state  # [B, L, H]
+        return hidden[:, -response_width - 1: -1]  # the state at position i predicts token i + 1
+    rest = int(lengths.max()) - shared  # W: widest prompt remainder (>= 1)
+    tail_ids = input_ids[:, prompt_width - rest:]  # [B, W + R] remainders right-aligned, then the answers
+    tail_mask = attention_mask[:, prompt_width - rest:].clone()  # [B, W + R]
+    columns = torch.arange(rest, device=input_ids.device)  # [W]
+    tail_mask[:, :rest] = (columns[None, :] >= rest - (lengths - shared)[:, None]).to(tail_mask.dtype)  # hide shared tokens of short rows
+    mask = torch.cat([torch.ones_like(tail_mask[:, :1]).expand(-1, shared), tail_mask], dim=1)  # [B, S + W + R]
+    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, shared:]  # [B, W + R] each token's plain position
+    hidden = decoder(input_ids=tail_ids, attention_mask=mask, position_ids=position_ids, cache=cache,
+                     use_cache=True).last_hidden_state  # [B, W + R, H]
+    return hidden[:, -response_width - 1: -1]  # [B, R, H]

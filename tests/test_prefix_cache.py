@@ -148,35 +148,152 @@ def test_a_sliding_window_cache_is_not_shared():
 
 
 # ---------------------------------------------------------------------------------------
-# PPO: rollouts through generation.generate with LoRA adapters
+# PPO: rollouts, the reference pass and the update's mini-batches, with LoRA adapters
 # ---------------------------------------------------------------------------------------
 
-SMALL = ppo.preset("smoke", prompts_per_step=4, batch_size=2, gradient_accumulation_steps=2, ppo_epochs=1, max_new_tokens=(3, 5))
+SMALL = ppo.preset("smoke", prompts_per_step=4, batch_size=2, gradient_accumulation_steps=2, ppo_epochs=2, max_new_tokens=(3, 5))
 
 
-def _ppo_step(rows, use_cache: bool):
-    config = dataclasses.replace(SMALL, prefix_cache=use_cache)  # PPOConfig's switch
-    trainer = ppo.PPOTrainer(models.TINY_MODEL, "movie-snippets", rows, config, device="cpu")
-    gen = torch.Generator().manual_seed(1)
+@pytest.fixture
+def prefix_passes(monkeypatch):
+    """Counts the shared-prefix passes PPO's forward runs (``answer_states``), with and without gradients."""
+    counts = {"grad": 0, "no_grad": 0}
+    original = prefix_cache.run_prefix
+
+    def spy(model, *args, **kwargs):
+        if "logits_to_keep" not in kwargs:  # not generation's pass (counted by `built`)
+            counts["grad" if torch.is_grad_enabled() else "no_grad"] += 1
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(prefix_cache, "run_prefix", spy)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tmp_path_factory):
+    """An "SFT adapter" with non-zero weights, saved the way the SFT notebook saves one: PPO's reference is then it, frozen."""
+    folder = tmp_path_factory.mktemp("sft") / "adapter"
+    sft = models.add_lora(models.load_model(models.TINY_MODEL, device="cpu"), models.lora_config())
+    _randomise(sft, seed=2)
+    sft.save_pretrained(folder)
+    return folder
+
+
+def _randomise(model, seed=1):
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # a fresh LoRA is a no-op: make the adapter matter
-        for name, p in trainer.policy.named_parameters():
+        for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-        trainer.ac.value_head.linear.weight.normal_(generator=gen)
+    return gen
+
+
+def _trainer(rows, use_cache: bool, sft_adapter=None, **overrides):
+    config = dataclasses.replace(SMALL, prefix_cache=use_cache, **overrides)  # PPOConfig's switch
+    trainer = ppo.PPOTrainer(models.TINY_MODEL, "movie-snippets", rows, config, device="cpu", sft_adapter=sft_adapter)
+    gen = _randomise(trainer.policy, seed=1)
+    with torch.no_grad():
+        trainer.ac.value_head.linear.weight.normal_(generator=gen)  # a zero head would hide a misaligned state
+    return trainer
+
+
+def _ppo_step(rows, use_cache: bool, sft_adapter=None, **overrides):
+    trainer = _trainer(rows, use_cache, sft_adapter, **overrides)
     log = trainer.step(rows[:4], max_new_tokens=5)
-    return trainer.last_step, log
+    weights = {n: p.detach().clone() for n, p in trainer.ac.named_parameters() if p.requires_grad}
+    return trainer.last_step, log, weights
 
 
-def test_ppo_rollout_and_losses_equal_with_and_without(built):
+def _assert_same_step(cached, plain, atol):
+    (cached_step, cached_log, cached_weights), (plain_step, plain_log, plain_weights) = cached, plain
+    assert torch.equal(cached_step.response_ids, plain_step.response_ids) and cached_step.texts == plain_step.texts
+    for name in ("logprobs", "ref_logprobs", "values", "advantages", "returns"):
+        torch.testing.assert_close(getattr(cached_step, name), getattr(plain_step, name), atol=atol, rtol=0, msg=name)
+    for key in ("policy_loss", "value_loss", "approx_kl", "ratio", "kl"):  # the losses average both epochs' mini-batches
+        assert abs(cached_log[key] - plain_log[key]) <= atol, (key, cached_log[key], plain_log[key])
+    for name, w in plain_weights.items():  # the update's gradients came through the one prefix pass
+        torch.testing.assert_close(cached_weights[name], w, atol=atol, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("reference", ["adapter-off", "sft-adapter"])
+def test_ppo_step_equals_with_and_without(built, prefix_passes, sft_adapter, reference):
+    """Rollout, reference pass and two epochs of updates: the same numbers to 1e-5 either way, the second
+    epoch's losses taken after an optimizer step whose gradients flowed through the shared prefix."""
     rows = list(data.load_split("movie-snippets", "train", limit=8))
-    plain, plain_log = _ppo_step(rows, use_cache=False)
-    assert built["used"] == 0
-    cached, cached_log = _ppo_step(rows, use_cache=True)
-    assert built["used"] == 1
-    assert torch.equal(cached.response_ids, plain.response_ids) and cached.texts == plain.texts
-    for name in ("logprobs", "ref_logprobs", "values"):
-        torch.testing.assert_close(getattr(cached, name), getattr(plain, name), atol=1e-5, rtol=0, msg=name)
-    losses = [k for k in plain_log if "loss" in k]
-    assert losses
-    for key in losses:
-        assert abs(cached_log[key] - plain_log[key]) < 1e-5, (key, cached_log[key], plain_log[key])
+    adapter = sft_adapter if reference == "sft-adapter" else None
+    plain = _ppo_step(rows, use_cache=False, sft_adapter=adapter)
+    assert built["used"] == 0 and prefix_passes == {"grad": 0, "no_grad": 0}
+    cached = _ppo_step(rows, use_cache=True, sft_adapter=adapter)
+    assert built["used"] == 1  # the rollout
+    # the reference: 4 answers in chunks of 2; the update: 2 epochs x 2 mini-batches of 2
+    assert prefix_passes == {"no_grad": 2, "grad": 4}
+    _assert_same_step(cached, plain, atol=1e-5)
+
+
+def test_gradients_flow_through_the_shared_prefix_once(prefix_passes):
+    """One forward/backward of the actor-critic over a padded batch: values, log-probs and every trainable
+    parameter's gradient equal the plain pass's (relative 1e-5), with one prefix pass for all rows."""
+    rows = list(data.load_split("movie-snippets", "train", limit=8))
+    trainer = _trainer(rows, use_cache=True)
+    out = generation.generate(trainer.policy, trainer.tokenizer, [trainer.task.build_prompt(r) for r in rows[:4]],
+                              max_new_tokens=6, seeds=[1, 2, 3, 4], temperature=1.5)
+    ids, attn, width = generation.trim_padding(out.input_ids, out.attention_mask, out.response_mask)
+    mask = out.response_mask[:, :width]  # [B, w]
+    results = {}
+    for share in (False, True):
+        trainer.ac.zero_grad()
+        logprobs, _, values = trainer.ac(ids, attn, width, 0.7, prefix_cache=share)  # [B, w] each
+        ((logprobs * mask).sum() + (values * mask).sum()).backward()
+        grads = {n: p.grad.clone() for n, p in trainer.ac.named_parameters() if p.grad is not None}
+        results[share] = (logprobs * mask, values * mask, grads)
+    assert prefix_passes == {"grad": 1, "no_grad": 0}
+    (lp, v, grads), (lp_plain, v_plain, grads_plain) = results[True], results[False]
+    torch.testing.assert_close(lp, lp_plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(v, v_plain, atol=1e-5, rtol=0)
+    assert grads.keys() == grads_plain.keys() and any("lora_" in n for n in grads)
+    for name, g in grads_plain.items():
+        torch.testing.assert_close(grads[name], g, atol=1e-5 * max(float(g.abs().max()), 1.0), rtol=0, msg=name)
+
+
+def test_answer_states_layout_on_uneven_prompts(model):
+    """Prompts of different lengths after a shared part, answers of different lengths: the states before
+    each answer token equal the plain pass's; a batch that is not left-padded prompts falls back."""
+    decoder = model.get_decoder()
+    shared, pad = list(range(200, 220)), 0
+    prompts, answers = [shared + [5, 6, 7], shared + [8], shared + [9, 10]], [[11, 12, 13], [14], [15, 16]]
+    width_p, width_r = max(map(len, prompts)), 3
+    ids = torch.full((3, width_p + width_r), pad)
+    attn = torch.zeros_like(ids)
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        ids[i, width_p - len(p): width_p], attn[i, width_p - len(p): width_p] = torch.tensor(p), 1
+        ids[i, width_p: width_p + len(a)], attn[i, width_p: width_p + len(a)] = torch.tensor(a), 1
+    with torch.no_grad():
+        plain = prefix_cache.answer_states(decoder, ids, attn, width_r, share=False)  # [3, 3, H]
+        cached = prefix_cache.answer_states(decoder, ids, attn, width_r)
+    answer_mask = attn[:, width_p:, None].bool()
+    torch.testing.assert_close(cached.masked_fill(~answer_mask, 0), plain.masked_fill(~answer_mask, 0), atol=1e-5, rtol=0)
+    lengths, found = prefix_cache._shared_prompt_prefix(ids, attn, width_p)
+    assert found == 20 and lengths.tolist() == [23, 21, 22]
+    right_padded = attn.clone()
+    right_padded[1, width_p - 2], right_padded[1, width_p - 1] = 1, 0  # a hole before the answer
+    assert prefix_cache._shared_prompt_prefix(ids, right_padded, width_p) is None
+
+
+def test_ppo_falls_back_where_the_cache_cannot_be_shared(built, prefix_passes, monkeypatch):
+    """A model whose cache is not a plain key/value cache: the step is the plain step, bit for bit, and PPO's
+    forward tries the prefix pass once, not once per mini-batch."""
+    rows = list(data.load_split("movie-snippets", "train", limit=8))
+    plain = _ppo_step(rows, use_cache=False)
+    monkeypatch.setattr(prefix_cache, "cache_is_shareable", lambda cache: False)
+    fallback = _ppo_step(rows, use_cache=True)
+    assert built == {"used": 0, "declined": 1}  # the rollout
+    assert prefix_passes == {"no_grad": 1, "grad": 0}  # the first reference chunk; then the decoder is known unshareable
+    _assert_same_step(fallback, plain, atol=0)
+
+
+def test_ppo_update_with_dropout_runs_the_plain_pass(prefix_passes):
+    """With dropout on during the update each row needs its own dropout mask over the prefix: no sharing there."""
+    rows = list(data.load_split("movie-snippets", "train", limit=8))
+    trainer = _trainer(rows, use_cache=True, disable_dropout=False, ppo_epochs=1)
+    trainer.step(rows[:4], max_new_tokens=5)
+    assert prefix_passes == {"no_grad": 2, "grad": 0}
