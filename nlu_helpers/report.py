@@ -82,6 +82,23 @@ def paper_table(records: Iterable[Mapping], *, scale: float = 100.0) -> dict[str
     return {stage: table[stage] for stage in STAGES if stage in table}
 
 
+def table_markdown(table: Mapping[str, Mapping[str, float]], average_gains: Sequence[Mapping] = ()) -> str:
+    """The paper-shaped table as Markdown (a column per task, the average, the paper's average for the
+    row), then the average gains with their paired-bootstrap intervals: what the README shows."""
+    columns = list(dict.fromkeys(c for row in table.values() for c in row if c != "average"))
+    lines = ["| stage | " + " | ".join(columns) + " | average | paper's average (7B, GLUE) |",
+             "|---|" + "---|" * (len(columns) + 2)]
+    for stage, row in table.items():
+        cells = [f"{row[c]:.1f}" if c in row else "–" for c in columns]
+        paper = PAPER_GLUE_AVERAGE.get(PAPER_ROW_OF_STAGE.get(stage, ""), "–")
+        lines.append(f"| {stage} | " + " | ".join(cells) + f" | **{row.get('average', float('nan')):.1f}** | {paper} |")
+    if average_gains:
+        lines += ["", "| on the average | gain (points) | 95% CI | tasks | rows |", "|---|---|---|---|---|"]
+        lines += [f"| {g['comparison']} | {g['gain']:+.1f} | [{g['low']:+.1f}, {g['high']:+.1f}] | {g['tasks']} | {g['rows']} |"
+                  for g in average_gains]
+    return "\n".join(lines)
+
+
 def load_predictions(run_dir: str | Path, record: Mapping) -> list[dict]:
     path = Path(run_dir) / RESULTS / f"{record['name']}.predictions.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -392,6 +392,12 @@ def write_report(run_dir: Path) -> Path:
             mode = r.get("mode", "") + (" + calibration" if r.get("calibrated") else "")
             lines.append(f"| {r.get('stage', '')} | {r['task']} | {r.get('split', '')} | {mode} | {r.get('k', '')} | "
                          f"{metric} | {value} | {r.get('unparseable', '')} | {r.get('n', '')} |")
+    summary = [r for r in load_results(run_dir) if r.get("stage") == "results-table" and r.get("table")]
+    if summary:  # notebook 06 ran: its paper-shaped table (generation mode) and the gains on the average
+        from nlu_helpers.report import table_markdown
+
+        lines += ["", f"## The paper's table ({summary[-1].get('mode', 'generate')} mode)", "",
+                  table_markdown(summary[-1]["table"], summary[-1].get("average_gains") or ())]
     figures = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").exists() else []
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f.stem}](figures/{f.name})" for f in figures]

@@ -165,3 +165,4 @@ def test_the_suite_shape_runs_multi_task_sft_and_both_ppo_rows(tmp_path):
     assert set(table["table"]["ppo-multi-task"]) == {"hyperbaton", "sports-understanding", "average"}
     by_comparison = {row["comparison"]: row for row in table["average_gains"]}
     assert by_comparison["ppo - sft"]["tasks"] == 2 and by_comparison["ppo - sft"]["rows"] == 16
+    assert "| ppo - sft |" in (run_dir / "report.md").read_text()  # the runner's report carries the table and gains

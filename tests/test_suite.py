@@ -210,6 +210,10 @@ def test_the_average_gain_pairs_rows_within_each_task(tmp_path):
     assert row["gain"] == pytest.approx(15.0)                                     # (30 + 0) / 2 points
     assert 5 < row["low"] < 15 < row["high"] < 25 and row["above_zero"]
     assert report.average_gains(tmp_path, records, [("sft", "encoder")]) == []
+    markdown = report.table_markdown(report.paper_table(records), [row]).splitlines()
+    assert markdown[0] == "| stage | movie-snippets | rte | average | paper's average (7B, GLUE) |"
+    assert markdown[2] == "| sft | 50.0 | 50.0 | **50.0** | 78.5 |" and markdown[3] == "| ppo | 80.0 | 50.0 | **65.0** | 84.8 |"
+    assert markdown[-1].startswith("| ppo - sft | +15.0 | [+")
 
 
 def test_profiles_run_task_notebooks_each_first_or_multi_task(tmp_path):
