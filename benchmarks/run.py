@@ -20,6 +20,9 @@ Nothing of the package is replaced at run time: the figures come from what the c
 - ``ppo``: ``ppo.PPOTrainer.step``: its phases are the ``seconds_<phase>`` of its own log
   rows (``nlu_helpers.timing.phase``: rollout, reward, reference, advantages, update;
   the rest of ``seconds_step`` is the KL controller and logging); seconds per generated sample.
+  ``--static-cache`` then runs the same trainer with ``PPOConfig.static_cache`` (a fixed-size
+  KV cache, so transformers compiles the decoding step on a GPU): the same prompts and seeds
+  both ways (same samples? log-probs?), then timed steps by phase, and the decode bound for both.
 - ``grpo``: ``grpo.train_grpo`` (TRL's GRPOTrainer, same reward, same stop string) on the same
   work: as many completions per generation as PPO samples per step, the same mini-batch,
   as many passes (``num_iterations``) as PPO epochs, the same answer cap and temperature.
@@ -473,6 +476,7 @@ def part_ppo(spec: dict, meter: Meter) -> dict:
     with meter.block("no_update"):  # the same prompts up to the update: rollout, reward, reference, advantages
         trainer.step(rows=trainer.last_step.rows, learn=False)
     peaks = meter.overall()  # before profiling: the profiler's own records take memory too
+    static = ppo_static_cache(trainer, config, sizes) if spec.get("static_cache") else None
     profile = None
     if spec.get("profile_dir"):
         profile = _profile(trainer.step, Path(spec["profile_dir"]) / "ppo-profile.txt", meter)
@@ -503,9 +507,38 @@ def part_ppo(spec: dict, meter: Meter) -> dict:
                         # one mini-batch as the matmuls see it (padded to its widest row): the rate probe's shapes
                         "minibatch_tokens": round(config.batch_size * (mean("prompt_width") + mean("response_width"))),
                         "minibatch_answer_tokens": round(config.batch_size * mean("response_width"))},
-        "profile": profile, "dtype": info["dtype"], "kv_cache": True,
+        "profile": profile, "dtype": info["dtype"], "kv_cache": True, "static_cache": static,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def ppo_static_cache(trainer, config, sizes: dict) -> dict:
+    """The same trainer again with ``PPOConfig.static_cache``: rollouts decode into a fixed-size cache (compiled and
+    replayed as a CUDA graph on a GPU). First the same prompts and seeds both ways without learning (do the samples
+    and log-probs agree?), then warm-up (the compilation) and timed steps, by phase."""
+    from nlu_helpers import generation
+
+    rows, high = trainer.last_step.rows, config.max_new_tokens[1]
+    seeds = generation.sample_seeds(config.seed, 10**6, range(len(rows)))  # a draw no training step uses
+    trainer.step(rows=rows, seeds=seeds, max_new_tokens=high, learn=False)
+    grown = trainer.last_step
+    trainer.config = replace(config, static_cache=True)
+    first = trainer.step(rows=rows, seeds=seeds, max_new_tokens=high, learn=False)  # compiles the decoding step on a GPU
+    fixed = trainer.last_step
+    answers = [[ids[m.bool()].tolist() for ids, m in zip(step.response_ids, step.response_mask)] for step in (grown, fixed)]
+    same = [a == b for a, b in zip(*answers)]
+    logprob_diff = max((float((grown.logprobs[i, :len(a)] - fixed.logprobs[i, :len(a)]).abs().max())
+                        for i, a in enumerate(answers[0]) if same[i] and a), default=None)
+    start = len(trainer.history)
+    for _ in range(sizes["warmup"] + sizes["steps"]):
+        trainer.step()
+    log_rows = trainer.history[start + sizes["warmup"]:]
+    trainer.config = config
+    step_s = [row["seconds_step"] for row in log_rows]
+    return {"same_samples": sum(same) / len(same), "rows_compared": len(same), "max_logprob_diff_same_samples": logprob_diff,
+            "first_rollout_s": first["seconds_rollout"], "steps_measured": len(step_s), "step_seconds": step_s,
+            "median_step_s": statistics.median(step_s), "phases": ppo_phases(log_rows),
+            "how": "same prompts and seeds, dynamic then static cache, no learning; then warm-up and timed steps"}
 
 
 def part_grpo(spec: dict, meter: Meter) -> dict:
@@ -688,16 +721,19 @@ def bounds(result: dict, rates: dict) -> dict:
         step_bytes = info["weight_bytes_read_per_decode_step"] + batch * context * info["kv_bytes_per_token"]
         bound_step = step_bytes / bw
         prefill = max(2 * info["matmul_parameters"] * batch * prompt / peak, info["weight_bytes_read_per_decode_step"] / bw)
-        generate = ppo["phases"]["rollout"]["median_s"]
-        figures["decode"] = {
-            "bytes_per_step": step_bytes, "bound_ms_per_step": 1e3 * bound_step,
-            "bound_tokens_per_s": batch / bound_step,
-            "measured_ms_per_step": 1e3 * generate / steps,  # prefill included
-            "generation_bound_s": prefill + steps * bound_step, "generation_measured_s": generate,
-            "fraction_of_bound": (prefill + steps * bound_step) / generate,
-        }
-        if figures["decode"]["fraction_of_bound"] > 1:
-            figures["flags"].append("the rollout ran faster than its bound: the probed rates are no bound for this run")
+        rollouts = {"decode": ppo["phases"]["rollout"]["median_s"]}
+        if ppo.get("static_cache"):  # its rollout also runs the one forward pass that replaces generation's kept states
+            rollouts["decode_static"] = ppo["static_cache"]["phases"]["rollout"]["median_s"]
+        for key, generate in rollouts.items():
+            figures[key] = {
+                "bytes_per_step": step_bytes, "bound_ms_per_step": 1e3 * bound_step,
+                "bound_tokens_per_s": batch / bound_step,
+                "measured_ms_per_step": 1e3 * generate / steps,  # prefill included
+                "generation_bound_s": prefill + steps * bound_step, "generation_measured_s": generate,
+                "fraction_of_bound": (prefill + steps * bound_step) / generate,
+            }
+            if figures[key]["fraction_of_bound"] > 1:
+                figures["flags"].append(f"the rollout ({key}) ran faster than its bound: the probed rates are no bound for this run")
         update = ppo["phases"]["update"]["median_s"]
         flops = 6 * info["matmul_parameters"] * ppo["update_tokens"]
         done = update_flops(info, ppo["update_work"]) if "update_work" in ppo else None
@@ -797,6 +833,13 @@ def format_table(result: dict) -> str:
         row("ppo", "s per generated sample", ppo["seconds_per_sample"], None, 3)
         row("ppo", "trainable parameters (+ value)", ppo["trainable_parameters"])
         row("ppo", "process peak", None, ppo["peak_gib"])
+        static = ppo.get("static_cache")
+        if static:
+            row("ppo static", "s/step", static["median_step_s"])
+            for name in ("rollout", "reference", "update"):
+                row("ppo static", f"  {name} s", static["phases"][name]["median_s"])
+            row("ppo static", "first rollout s (compiles on a GPU)", static["first_rollout_s"])
+            row("ppo static", f"same samples ({static['rows_compared']} rows)", static["same_samples"])
     grpo = result.get("grpo")
     if grpo:
         label = f"s/cycle ({grpo['completions_per_cycle']} compl.{', ckpt' if grpo['activation_checkpointing'] else ''})"
@@ -810,11 +853,12 @@ def format_table(result: dict) -> str:
     if b:
         lines += ["", f"bounds against {b['bandwidth_bytes_per_s'] / 1e12:.3g} TB/s and {b['peak_flops'] / 1e12:.3g} TFLOP/s ({b['rates_source']}):"]
         lines += _probe_lines(b.get("probe"))
-        if "decode" in b:
-            d = b["decode"]
-            lines.append(f"  decoding: {d['bytes_per_step'] / 1e9:.3g} GB read per decode step -> bound {d['bound_ms_per_step']:.3g} ms/step "
-                         f"({d['bound_tokens_per_s']:.0f} tokens/s); measured {d['measured_ms_per_step']:.3g} ms/step incl. prefill: "
-                         f"the rollout runs at {100 * d['fraction_of_bound']:.1f}% of its bound's speed")
+        for key, label in (("decode", "decoding"), ("decode_static", "decoding, static cache")):
+            if key in b:
+                d = b[key]
+                lines.append(f"  {label}: {d['bytes_per_step'] / 1e9:.3g} GB read per decode step -> bound {d['bound_ms_per_step']:.3g} ms/step "
+                             f"({d['bound_tokens_per_s']:.0f} tokens/s); measured {d['measured_ms_per_step']:.3g} ms/step incl. prefill: "
+                             f"the rollout runs at {100 * d['fraction_of_bound']:.1f}% of its bound's speed")
         if "update" in b:
             u = b["update"]
             if "flops_done" in u:
@@ -872,6 +916,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grpo-generations", type=int, help="GRPO completions per prompt (default: the preset's)")
     parser.add_argument("--grpo-checkpointing", action="store_true",
                         help="run GRPO with activation checkpointing, TRL's default (off by default: PPO and SFT run without)")
+    parser.add_argument("--static-cache", action="store_true",
+                        help="PPO again with PPOConfig.static_cache (fixed-size KV cache; compiled decoding on a GPU): samples compared, steps timed")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--bandwidth-tbs", type=float, help=f"memory bandwidth for the bounds, TB/s (GPU default {H100_BANDWIDTH_TBS}: H100 SXM; CPU default: probed)")
     parser.add_argument("--peak-tflops", type=float, help=f"peak FLOP/s for the bounds, TFLOP/s (GPU default {H100_BF16_TFLOPS}: H100 SXM bf16 dense; CPU default: probed)")
@@ -918,7 +964,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     random_weights = is_architecture(args.model)
     load = str(random_model_folder(args.model, device=device, dtype=dtype, root=args.weights_dir)) if random_weights else args.model
     spec = {"model": args.model, "load": load, "task": args.task, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-            "sizes": asdict(sizes), "threads": args.threads, "profile_dir": args.profile, "grpo_checkpointing": args.grpo_checkpointing}
+            "sizes": asdict(sizes), "threads": args.threads, "profile_dir": args.profile, "grpo_checkpointing": args.grpo_checkpointing,
+            "static_cache": args.static_cache}
     hardware = models.describe_hardware()
     result: dict[str, Any] = {"meta": {
         "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),

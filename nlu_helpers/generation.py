@@ -6,7 +6,10 @@ whatever a row produced after that is padding. Greedy for evaluation; for PPO ea
 is sampled from its own seed (:class:`SeededGumbelSampler`), so an answer does not depend
 on the other prompts in its batch nor on how many processes share the batch. The prompts'
 shared token prefix (the task part, the demonstrations) runs once and its cache serves every
-row (:mod:`nlu_helpers.prefix_cache`; ``prefix_cache=False`` turns it off).
+row (:mod:`nlu_helpers.prefix_cache`; ``prefix_cache=False`` turns it off). ``static_cache=True``
+decodes into a fixed-size key/value cache instead of one that grows each step: the shapes then
+stay the same from step to step, so on a GPU transformers compiles the decoding step and replays
+it as a CUDA graph (the 7B PPO rollout's per-token Python and launch overhead gone).
 """
 
 from __future__ import annotations
@@ -135,6 +138,7 @@ def generate(
     seeds: Sequence[int] | None = None,
     keep_states: bool = False,
     prefix_cache: bool = True,
+    static_cache: bool = False,
 ) -> Generation:
     """Answer every prompt in one batched ``generate``, stopping at ``</Judgement>``.
 
@@ -142,7 +146,10 @@ def generate(
     torch's global RNG; ``seeds`` (one per prompt) samples each row from its own seed
     instead. ``keep_states`` also returns the states the LM head saw (see :func:`_lm_head_inputs`).
     ``prefix_cache`` runs the prompts' shared token prefix once (:mod:`nlu_helpers.prefix_cache`);
-    the returned ``input_ids`` keep the plain left-padded layout either way.
+    the returned ``input_ids`` keep the plain left-padded layout either way. ``static_cache`` decodes
+    into a fixed-size cache (:func:`nlu_helpers.prefix_cache.static_cache`; compiled on CUDA by
+    transformers); the answers are the same, and ``keep_states`` then runs one forward pass over
+    prompt + answer instead of hooking the LM head (a compiled step's outputs are reused buffers).
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -168,7 +175,13 @@ def generate(
     # [shared | pads | rest] from the prefix's cache, or the plain left-padded batch; both [B, P]
     inputs = (dict(input_ids=shared.input_ids, attention_mask=shared.attention_mask, cache=shared.cache) if shared is not None
               else dict(input_ids=prompt_ids, attention_mask=prompt_mask))
-    with _lm_head_inputs(model) if keep_states else contextlib.nullcontext() as states:
+    if static_cache:  # the same keys/values (the prefix's, if shared) in a cache whose size never changes
+        cache = prefix_cache_lib.static_cache(model, inputs.get("cache"), len(prompts), inputs["input_ids"].shape[1] + max_new_tokens)
+        if cache is None:  # this model's static cache cannot hold the shared prefix: the plain batch
+            inputs = dict(input_ids=prompt_ids, attention_mask=prompt_mask)
+            cache = prefix_cache_lib.static_cache(model, None, len(prompts), prompt_ids.shape[1] + max_new_tokens)
+        inputs["cache"] = cache
+    with _lm_head_inputs(model) if keep_states and not static_cache else contextlib.nullcontext() as states:
         output = model.generate(**inputs, generation_config=config,
                                 logits_processor=LogitsProcessorList(processors), tokenizer=tokenizer)
     generated = output[:, prompt_ids.shape[1]:]  # [B, R'] R' <= max_new_tokens
@@ -178,8 +191,11 @@ def generate(
     response_mask = (torch.arange(width, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]).long()  # [B, R]
     response[response_mask == 0] = tokenizer.pad_token_id
     texts = [cut_at_close(tokenizer.decode(response[i, :n].tolist(), skip_special_tokens=True)) for i, n in enumerate(lengths)]
-    return Generation(
-        input_ids=torch.cat([prompt_ids, response], dim=1), attention_mask=torch.cat([prompt_mask, response_mask], dim=1),
-        response_mask=response_mask, texts=texts,
-        states=torch.stack(states[:width], dim=1) if keep_states else None,  # [B, R, H]
-    )
+    input_ids, attention_mask = torch.cat([prompt_ids, response], dim=1), torch.cat([prompt_mask, response_mask], dim=1)
+    if keep_states and static_cache:  # one pass over prompt + answer: the states the hook would have kept
+        decoder = getattr(model, "get_base_model", lambda: model)().get_decoder()
+        states = prefix_cache_lib.answer_states(decoder, input_ids, attention_mask, width, share=prefix_cache)  # [B, R, H]
+    elif keep_states:
+        states = torch.stack(states[:width], dim=1)  # [B, R, H]
+    return Generation(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask, texts=texts,
+                      states=states if keep_states else None)

@@ -84,6 +84,7 @@ class PPOConfig:
     value_dropout: float = 0.1  # dropout before the value head's linear layer
     load_in_4bit: bool = False  # QLoRA: the frozen base in 4 bits (CUDA + bitsandbytes), LoRA and value head in full precision
     prefix_cache: bool = True  # the prompts' shared prefix once per rollout, reference chunk and mini-batch (same numbers, faster)
+    static_cache: bool = False  # rollouts decode into a fixed-size KV cache: on a GPU a compiled, graph-replayed step (same samples)
     passes: int = 3  # passes over the training rows when train() is given no step count
     seed: int = 0
 
@@ -295,7 +296,6 @@ class ValueHead(nn.Module):
         return self.linear(self.dropout(hidden)).squeeze(-1)
 
 
-
 class ActorCritic(nn.Module):
     """The policy (base model + LoRA) and its value head on the shared trunk, as one module for accelerate/DDP.
     The reference is the same base weights with the adapter off, or a frozen copy of the SFT adapter."""
@@ -403,7 +403,8 @@ class PPOTrainer(PPORun):
             ac.eval()
             with gathered_for_generation(self.model, acc):  # ZeRO-3: the whole weights, once per rollout
                 out = generation.generate(ac.policy, self.tokenizer, [self.task.build_prompt(r) for r in rows], max_new_tokens=max_new_tokens,
-                                          do_sample=True, temperature=cfg.temperature, seeds=seeds, keep_states=True, prefix_cache=cfg.prefix_cache)
+                                          do_sample=True, temperature=cfg.temperature, seeds=seeds, keep_states=True,
+                                          prefix_cache=cfg.prefix_cache, static_cache=cfg.static_cache)
             ids, attn, mask, batch = out.input_ids, out.attention_mask, out.response_mask, len(rows)  # [B, L], [B, L], [B, R]
 
         # 2. Reward: the reward table scores each answer (+1 right, -1 wrong, -3 unparseable) ---------------------

@@ -30,7 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
 
 MIN_PREFIX_TOKENS = 16  # below this the prefix pass costs about what it saves
+STATIC_CACHE_BUCKET = 128  # a static cache's length is rounded up to this: batches of similar width share one compiled step
 _UNSHAREABLE: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()  # decoders whose cache proved unshareable in answer_states
+_STATIC_CACHES: "weakref.WeakKeyDictionary[torch.nn.Module, Any]" = weakref.WeakKeyDictionary()  # each model's last static cache
 
 
 class PrefixBatch(NamedTuple):
@@ -79,6 +81,38 @@ def run_prefix(model: torch.nn.Module, prefix: torch.Tensor, rows: int, **kwargs
     if not cache_is_shareable(cache):
         return None
     cache.batch_repeat_interleave(rows)  # differentiable: the rows' gradients sum into the one prefix pass
+    return cache
+
+
+def static_cache(model: torch.nn.Module, filled: Any, rows: int, length: int, *, bucket: int = STATIC_CACHE_BUCKET) -> Any:
+    """A transformers ``StaticCache`` for ``rows`` rows and at least ``length`` tokens, holding ``filled``'s keys/values
+    (a repeated prefix, :func:`run_prefix`) when given; ``None`` when ``filled`` cannot go into this model's static
+    cache (sliding-window or other non-plain layers: the caller then uses the plain batch).
+
+    Why: a cache that grows by one token per step changes every tensor's shape every step, so a compiled
+    decoding step would recompile (or, uncompiled, pay Python and kernel-launch overhead per token: what keeps
+    a 7B rollout far from its bandwidth bound). A fixed-size one keeps the shapes; transformers then compiles
+    the step on a GPU and replays it as a CUDA graph. The length is rounded up to ``bucket`` and never shrinks
+    for a model, so later batches of similar width reuse the compiled step instead of recompiling; and while
+    rows and length stay the same the cache itself is reused, zeroed in place, so its tensors keep the
+    addresses a captured CUDA graph reads.
+    """
+    from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer
+
+    last = _STATIC_CACHES.get(model)
+    size = max(-(-length // bucket) * bucket, last.get_max_length() if last is not None else 0)
+    if last is not None and last.is_initialized and last.get_max_length() == size and last.batch_size == rows:
+        last.reset()
+        cache = last
+    else:
+        cache = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=size)
+    if filled is not None and (len(filled.layers) != len(cache.layers) or any(type(layer) is not StaticLayer for layer in cache.layers)):
+        return None
+    _STATIC_CACHES[model] = cache
+    if filled is not None:
+        for layer, source in zip(cache.layers, filled.layers):
+            layer.update(source.keys, source.values)  # [rows, heads, S, d] written at 0..S-1 of [rows, heads, size, d]
     return cache
 
 

@@ -10,7 +10,8 @@ budget inside one overall deadline, a failing part recorded and the next one run
              bandwidth and bf16 matmul rate measured (the rates the benchmarks' bounds use)
   tests      pytest -m cuda tests/test_cuda.py (JUnit XML with the recorded figures)
   bench-7b   benchmarks.run on a random-weight qwen2.5-7b in bf16 with the paper's PPO batch:
-             PPO step by phase, SFT step, evaluation examples/s, peak memory, bounds
+             PPO step by phase (and again with a static KV cache, compiled decoding), SFT step,
+             evaluation examples/s, peak memory, bounds
   bench-t4   the T4 profile's shape: qwen2.5-0.5b (random weights) in fp16 with 4-bit weights
   deepspeed  a few SFT and PPO steps under the shipped ZeRO-2 and ZeRO-3 configs on one GPU through
              the workbook's command line (accelerate launch -m nlu_helpers sft|ppo), PPO under ZeRO-3
@@ -52,9 +53,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 PARTS = ("install", "env", "tests", "bench-7b", "bench-t4", "deepspeed")
 # seconds per part on the GPU; together more than the deadline: later parts get what is left
-BUDGETS = {"install": 60, "env": 60, "tests": 180, "bench-7b": 200, "bench-t4": 150, "deepspeed": 200}
+BUDGETS = {"install": 60, "env": 60, "tests": 180, "bench-7b": 260, "bench-t4": 150, "deepspeed": 200}
 DEADLINE = 540  # the whole run, so it ends inside a 10-minute device call with time to copy the output back
 PAPER_7B_STEP_S = 4.3  # the paper: one PPO step of a 7B model on one A100
+GOAL_7B_STEP_S = 1.0  # issue 16's goal on one H100/H200-class GPU
 TASK = "movie-snippets"
 LOG_TAIL = 200_000  # characters of each part's output kept in gpu-check.log
 DEVICE_PYTHON_TAGS = ["--python-version", "3.12", "--implementation", "cp"] + [
@@ -396,8 +398,9 @@ def run_benchmark(args: argparse.Namespace, runner: Runner, label: str, model: s
         extra = ["--bandwidth-tbs", f"{rates['copy_bytes_per_s'] / 1e12:.3f}",
                  "--peak-tflops", f"{rates['bf16_matmul_flops'] / 1e12:.1f}"]
         figures["rates"] = "measured by env"
+    weights = {part: 2.0 if part == "ppo" and "--static-cache" in base_args else 1.0 for part in parts}  # PPO runs twice then
     for i, part in enumerate(parts):
-        share = runner.left() / (len(parts) - i) if runner.left() > 0 else 0
+        share = runner.left() * weights[part] / sum(weights[p] for p in parts[i:]) if runner.left() > 0 else 0
         if share < 20:
             figures["errors"][part] = "not run: out of time"
             continue
@@ -422,10 +425,12 @@ def run_benchmark(args: argparse.Namespace, runner: Runner, label: str, model: s
 
 def part_bench_7b(args: argparse.Namespace, runner: Runner) -> dict:
     if args.dry_run:
-        return run_benchmark(args, runner, "bench-7b", "tiny-random", ["--preset", "quick", "--device", "cpu"], ["ppo", "sft", "eval"])
+        return run_benchmark(args, runner, "bench-7b", "tiny-random", ["--preset", "quick", "--device", "cpu", "--static-cache"],
+                             ["ppo", "sft", "eval"])
+    # --static-cache: the PPO part runs again with a fixed-size KV cache, which transformers compiles (CUDA graphs)
     return run_benchmark(args, runner, "bench-7b", "qwen2.5-7b",
                          ["--preset", "paper", "--dtype", "bf16", "--warmup", "1", "--steps", "2", "--sft-steps", "3",
-                          "--eval-rows", "64"], ["ppo", "sft", "eval"])
+                          "--eval-rows", "64", "--static-cache"], ["ppo", "sft", "eval"])
 
 
 def part_bench_t4(args: argparse.Namespace, runner: Runner) -> dict:
@@ -559,6 +564,12 @@ def bench_lines(name: str, figures: dict) -> list[str]:
         phases = ", ".join(f"{k} {_f(v['median_s'])}" for k, v in ppo["phases"].items())
         lines.append(f"  {name} ppo: {_f(ppo['median_step_s'])} s/step ({ppo['samples_per_step']} samples; {phases}); "
                      f"peak {_f(ppo['peak_gib'])} GiB")
+        static = ppo.get("static_cache")
+        if static:
+            phases = ", ".join(f"{k} {_f(v['median_s'])}" for k, v in static["phases"].items())
+            lines.append(f"  {name} ppo, static cache: {_f(static['median_step_s'])} s/step ({phases}); first rollout "
+                         f"{_f(static['first_rollout_s'])} s (compiling); same samples as the growing cache: "
+                         f"{100 * static['same_samples']:.0f}% of {static['rows_compared']}")
     sft = parts.get("sft")
     if sft:
         lines.append(f"  {name} sft: {_f(sft['steps_per_s'], 3)} steps/s ({sft['sequences_per_step']} seq/step), "
@@ -568,9 +579,10 @@ def bench_lines(name: str, figures: dict) -> list[str]:
         lines.append(f"  {name} eval: generate {_f(ev['generate']['examples_per_s'], 1)} ex/s, score "
                      f"{_f(ev['score']['examples_per_s'], 1)} ex/s, peak {_f(ev['peak_gib'])} GiB")
     bounds = figures.get("bounds") or {}
-    if "decode" in bounds:
-        lines.append(f"  {name} rollout at {100 * bounds['decode']['fraction_of_bound']:.1f}% of its bandwidth bound "
-                     f"({_f(bounds['decode']['generation_bound_s'], 3)} s bound vs {_f(bounds['decode']['generation_measured_s'], 3)} s)")
+    for key, label in (("decode", "rollout"), ("decode_static", "rollout, static cache,")):
+        if key in bounds:
+            lines.append(f"  {name} {label} at {100 * bounds[key]['fraction_of_bound']:.1f}% of its bandwidth bound "
+                         f"({_f(bounds[key]['generation_bound_s'], 3)} s bound vs {_f(bounds[key]['generation_measured_s'], 3)} s)")
     if "update" in bounds:
         lines.append(f"  {name} update MFU {100 * bounds['update']['mfu']:.1f}% (6N), {100 * bounds['update']['mfu_lora_4n']:.1f}% (4N)")
     for part, error in (figures.get("errors") or {}).items():
@@ -611,7 +623,8 @@ def format_table(record: dict) -> str:
             lines += bench_lines(name, figures)
     ppo7b = (((record["parts"].get("bench-7b") or {}).get("figures") or {}).get("parts") or {}).get("ppo")
     if ppo7b and not meta["dry_run"]:
-        lines.append(f"  7B PPO step: {ppo7b['median_step_s']:.2f} s here vs {PAPER_7B_STEP_S} s in the paper (one A100)")
+        best = min([ppo7b["median_step_s"]] + ([ppo7b["static_cache"]["median_step_s"]] if ppo7b.get("static_cache") else []))
+        lines.append(f"  7B PPO step: {best:.2f} s here (goal < {GOAL_7B_STEP_S} s) vs {PAPER_7B_STEP_S} s in the paper (one A100)")
     ds = (record["parts"].get("deepspeed") or {}).get("figures") or {}
     for stage in ("zero2", "zero3"):
         if stage in ds:

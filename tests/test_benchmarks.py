@@ -165,7 +165,7 @@ def test_gpu_path_on_a_tiny_random_architecture_in_bf16(tmp_path, monkeypatch, c
     monkeypatch.setitem(architectures.ARCHITECTURES, "tiny-qwen2", tiny)
     out = tmp_path / "bench.json"
     run.main(["--model", "tiny-qwen2", "--dtype", "bf16", "--parts", "eval,ppo", "--in-process", "--bandwidth-tbs", "3.35",
-              "--peak-tflops", "989", "--weights-dir", str(tmp_path / "weights")] + TINY[2:] + ["--json", str(out)])
+              "--peak-tflops", "989", "--weights-dir", str(tmp_path / "weights"), "--static-cache"] + TINY[2:] + ["--json", str(out)])
     result = json.loads(out.read_text())
     assert result["meta"]["random_weights"] is True and result["meta"]["dtype"] == "bfloat16"
     # written once as a model folder that the package's own loaders read by path
@@ -178,7 +178,13 @@ def test_gpu_path_on_a_tiny_random_architecture_in_bf16(tmp_path, monkeypatch, c
     assert result["model"]["vocab_size"] == 49152  # widened from 1000 to the embedded tokenizer's
     assert result["model"]["kv_bytes_per_token"] == 2 * 2 * 2 * 16 * 2  # K and V x layers x kv heads x head dim x bf16
     assert result["bounds"]["bandwidth_bytes_per_s"] == 3.35e12 and result["bounds"]["peak_flops"] == 989e12
-    assert "decoding:" in capsys.readouterr().out
+    # --static-cache: the same trainer again with a fixed-size cache, what gpu_check's bench-7b runs
+    static = result["ppo"]["static_cache"]
+    assert static["rows_compared"] == result["ppo"]["samples_per_step"] and 0 <= static["same_samples"] <= 1
+    assert static["steps_measured"] == result["ppo"]["steps_measured"] and set(static["phases"]) == set(run.PPO_PHASES) | {"other"}
+    assert result["bounds"]["decode_static"]["generation_measured_s"] == static["phases"]["rollout"]["median_s"]
+    printed = capsys.readouterr().out
+    assert "decoding:" in printed and "decoding, static cache:" in printed
 
 
 MODEL_7B = {"weight_bytes_read_per_decode_step": 14e9, "kv_bytes_per_token": 1e5, "matmul_parameters": 7e9,

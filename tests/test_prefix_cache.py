@@ -297,3 +297,79 @@ def test_ppo_update_with_dropout_runs_the_plain_pass(prefix_passes):
     trainer = _trainer(rows, use_cache=True, disable_dropout=False, ppo_epochs=1)
     trainer.step(rows[:4], max_new_tokens=5)
     assert prefix_passes == {"no_grad": 2, "grad": 0}
+
+
+# ---------------------------------------------------------------------------------------
+# The static cache: fixed-size decoding (compiled on a GPU) gives the same answers
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["zero-shot", "few-shot"])
+@pytest.mark.parametrize("share", [False, True], ids=["plain", "prefix"])
+@pytest.mark.parametrize("sampling", [{}, {"seeds": [11, 12, 13, 14, 15, 16], "temperature": 1.0}], ids=["greedy", "seeded"])
+def test_static_cache_decodes_what_the_growing_cache_decodes(model, tokenizer, prompts, built, kind, share, sampling):
+    grown = generation.generate(model, tokenizer, prompts[kind], max_new_tokens=12, prefix_cache=share, keep_states=True, **sampling)
+    fixed = generation.generate(model, tokenizer, prompts[kind], max_new_tokens=12, prefix_cache=share, keep_states=True,
+                                static_cache=True, **sampling)
+    assert built["used"] == (2 if share else 0)  # the shared prefix went into the static cache too
+    assert torch.equal(fixed.input_ids, grown.input_ids) and fixed.texts == grown.texts
+    assert torch.equal(fixed.response_mask, grown.response_mask)
+    # the states come from one forward pass instead of the LM head's hook: the same up to summation order
+    torch.testing.assert_close(fixed.states, grown.states, atol=1e-5, rtol=0)
+
+
+def test_static_cache_length_is_bucketed_and_never_shrinks(model):
+    fresh = torch.nn.Linear(1, 1)  # any module: lengths are remembered per model
+    fresh.config = model.config
+    assert prefix_cache.static_cache(fresh, None, 2, 130, bucket=64).get_max_length() == 192
+    assert prefix_cache.static_cache(fresh, None, 2, 10, bucket=64).get_max_length() == 192  # the compiled shape is kept
+    rows = [list(range(100, 120)) + [1, 2], list(range(100, 120)) + [3]]
+    layout = prefix_cache.build(model, generation_tokenizer(), rows)
+    cache = prefix_cache.static_cache(model, layout.cache, 2, 30)
+    assert cache.get_seq_length() == 20  # the prefix sits at 0..19 for both rows
+    key = cache.layers[0].keys  # [rows, kv heads, length, head dim]
+    torch.testing.assert_close(key[:, :, :20], layout.cache.layers[0].keys)
+    assert key.shape[2] % prefix_cache.STATIC_CACHE_BUCKET == 0 and not key[:, :, 20:].any()
+
+
+def test_a_static_cache_is_reused_in_place_while_its_shape_holds(model, tokenizer, prompts):
+    """The second batch of the same rows and width decodes into the same tensors (a CUDA graph's addresses),
+    zeroed first: its answers are what a fresh cache gives."""
+    first = generation.generate(model, tokenizer, prompts["few-shot"], max_new_tokens=6, static_cache=True)
+    cache = prefix_cache._STATIC_CACHES[model]
+    address = cache.layers[0].keys.data_ptr()
+    again = generation.generate(model, tokenizer, prompts["few-shot"], max_new_tokens=6, static_cache=True)
+    assert prefix_cache._STATIC_CACHES[model] is cache and cache.layers[0].keys.data_ptr() == address
+    assert torch.equal(again.input_ids, first.input_ids)
+    fewer = generation.generate(model, tokenizer, prompts["few-shot"][:3], max_new_tokens=6, static_cache=True)
+    assert prefix_cache._STATIC_CACHES[model] is not cache  # 3 rows: a new cache (and, on a GPU, a new graph)
+    assert torch.equal(fewer.input_ids, generation.generate(model, tokenizer, prompts["few-shot"][:3], max_new_tokens=6).input_ids)
+
+
+def test_a_prefix_does_not_go_into_a_static_cache_with_sliding_layers(model, monkeypatch):
+    from transformers.cache_utils import StaticCache, StaticSlidingWindowLayer
+
+    rows = [list(range(100, 120)) + [1, 2], list(range(100, 120)) + [3]]
+    layout = prefix_cache.build(model, generation_tokenizer(), rows)
+    original = StaticCache.__init__
+
+    def sliding(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.layers[0] = StaticSlidingWindowLayer(max_cache_len=self.layers[0].max_cache_len, sliding_window=8)
+
+    monkeypatch.setattr(StaticCache, "__init__", sliding)
+    assert prefix_cache.static_cache(model, layout.cache, 2, 30) is None
+    assert prefix_cache.static_cache(model, None, 2, 30) is not None  # the plain batch still decodes into it
+
+
+def generation_tokenizer():
+    return models.load_tokenizer(models.TINY_MODEL)
+
+
+def test_ppo_step_with_a_static_cache_equals_without(built):
+    """PPOConfig.static_cache: the same samples, and log-probs, values and losses within 1e-5 (the sampling
+    policy's states come from a forward pass instead of generation's own)."""
+    rows = list(data.load_split("movie-snippets", "train", limit=8))
+    grown = _ppo_step(rows, use_cache=True)
+    fixed = _ppo_step(rows, use_cache=True, static_cache=True)
+    _assert_same_step(fixed, grown, atol=1e-5)
