@@ -277,3 +277,50 @@ def preflight(
     report["fits"] = True
     print(f"fits: yes, {estimate.total:.1f} of {hardware['memory_gib']:.1f} GiB (using up to {headroom:.0%})")
     return report
+
+
+def preflight_profile(profile: str, hardware: Mapping, *, headroom: float = 0.9,
+                      changes: Mapping[str, Mapping] | None = None) -> dict[str, dict]:
+    """The memory a profile's training needs on ``hardware``: notebook 03's SFT step and notebook 04's PPO
+    (the larger of its update mini-batch and its rollout's cache), with the profile's own settings.
+
+    Why: a profile is a promise that its notebooks fit the GPU it names (``colab-t4``: a 15 GB T4). This
+    checks that promise before anyone rents the GPU, and the runner checks it before a run on a CUDA GPU.
+    Rows are at most notebook 03's ``max_length`` tokens (SFT refuses longer ones; PPO's prompts are the
+    same rows). ``changes`` replaces settings per notebook: 03's settings, 04's PPOConfig fields
+    (``{"03_lora_sft": {"batch_size": 32}, "04_ppo": {"prompts_per_step": 64}}``).
+    Returns each notebook's estimate (GiB by part) and whether it fits; raises ``MemoryError`` naming the
+    notebook and setting when one does not.
+    """
+    from nlu_helpers import ppo, runner
+    from nlu_helpers.stages import notebook_settings
+
+    model = str(runner.load_profile(profile)["parameters"].get("model", ""))
+    architecture(model)  # KeyError for an architecture this module does not know
+    dtype = ("bf16" if hardware.get("bf16") else "fp16") if hardware.get("cuda") else "fp32"
+    sft = vars(notebook_settings(profile, "03_lora_sft")) | dict((changes or {}).get("03_lora_sft", {}))
+    preset = (runner.load_profile(profile)["notebooks"].get("04_ppo") or {}).get("preset", "paper")
+    config = ppo.preset(preset, **dict((changes or {}).get("04_ppo", {})))  # PPOConfig fields
+    length, targets = int(sft["max_length"]), sft["lora_target_modules"] or ("q_proj", "v_proj")
+    estimates = {
+        "03_lora_sft": estimate_memory(model, batch_size=int(sft["batch_size"]), seq_len=length, dtype=dtype,
+                                       load_in_4bit=bool(sft["load_in_4bit"]), target_modules=targets,
+                                       gradient_checkpointing=bool(sft["gradient_checkpointing"])),
+        "04_ppo": estimate_memory(model, batch_size=config.batch_size, seq_len=length + config.max_new_tokens[1], dtype=dtype,
+                                  load_in_4bit=config.load_in_4bit, lora_r=config.lora_r),
+    }
+    rollout = estimate_memory(model, batch_size=config.prompts_per_step, seq_len=length, dtype=dtype, load_in_4bit=config.load_in_4bit,
+                              lora_r=config.lora_r, generation_tokens=config.max_new_tokens[1])
+    if rollout.weights + rollout.lora_and_optimizer + rollout.kv_cache > estimates["04_ppo"].total:  # no activations kept then
+        estimates["04_ppo"] = MemoryEstimate(rollout.weights, rollout.lora_and_optimizer, 0.0, 0.0, rollout.kv_cache,
+                                             rollout.weights + rollout.lora_and_optimizer + rollout.kv_cache)
+    report = {}
+    for notebook, estimate in estimates.items():
+        try:
+            check_fits(estimate, hardware, headroom=headroom)
+        except MemoryError as error:
+            shown = {k: sft[k] for k in ("batch_size", "max_length", "load_in_4bit", "gradient_checkpointing")} if notebook == "03_lora_sft" \
+                else {"batch_size": config.batch_size, "prompts_per_step": config.prompts_per_step, "max_length (03)": length}
+            raise MemoryError(f"profile {profile!r}, notebook {notebook} with {shown}: {error}") from None
+        report[notebook] = {"estimate": estimate.as_dict(), "fits": bool(hardware.get("cuda")) or None}
+    return report

@@ -258,6 +258,20 @@ def _write_status(run_dir: Path, status: dict) -> None:
     write_atomic(run_dir / "run.json", json.dumps(status, indent=2) + "\n")
 
 
+def check_memory(profile_name: str, overrides: Mapping[str, Any], hardware: Mapping | None = None) -> None:
+    """On a CUDA GPU, before any notebook runs: does the profile's training fit it? (``architectures.preflight_profile``;
+    a ``MemoryError`` names the notebook and its settings.) Not on the CPU, nor for another model than the profile's."""
+    from nlu_helpers import architectures, models
+
+    hardware = hardware if hardware is not None else models.describe_hardware()
+    if not hardware.get("cuda") or "model" in overrides:
+        return
+    try:
+        architectures.preflight_profile(profile_name, hardware)
+    except KeyError:  # an architecture the estimate does not know: notebook 03's own preflight reports that
+        return
+
+
 def run(
     profile_name: str,
     *,
@@ -293,6 +307,7 @@ def run(
     if is_task_file(overrides.get("task")):  # kernels run in the run folder: give them the file's absolute path
         overrides["task"] = get_task(overrides["task"]).source
     check_overrides(overrides, known_parameters(notebooks_folder))
+    check_memory(profile_name, overrides)
     paths = select(notebook_paths(notebooks_folder), only, skip)
     if not paths:
         raise ValueError("no notebook left to run after --only/--skip")

@@ -117,3 +117,32 @@ def test_preflight_reads_the_hardware_itself(monkeypatch, capsys):
         architectures.preflight("qwen2.5-7b", batch_size=2, seq_len=1024)
     assert architectures.preflight("Qwen/Qwen2.5-0.5B-Instruct", batch_size=16, seq_len=256, load_in_4bit=True)["fits"] is True
     assert "Tesla T4" in capsys.readouterr().out
+
+
+def test_the_colab_t4_profile_is_sized_for_a_15_gb_t4():
+    """SFT and PPO of the colab-t4 profile fit 90% of 15 GB in fp16; its SFT batch of 16 x 512 tokens in one pass would not."""
+    report = architectures.preflight_profile("colab-t4", T4)
+    assert set(report) == {"03_lora_sft", "04_ppo"} and all(r["fits"] for r in report.values())
+    assert all(r["estimate"]["total"] <= 0.9 * 15.0 for r in report.values())
+    with pytest.raises(MemoryError, match=r"colab-t4.*03_lora_sft.*'batch_size': 16"):
+        architectures.preflight_profile("colab-t4", T4, changes={"03_lora_sft": {"batch_size": 16, "gradient_accumulation_steps": 1}})
+    with pytest.raises(MemoryError, match="04_ppo"):
+        architectures.preflight_profile("colab-t4", T4, changes={"04_ppo": {"batch_size": 32, "prompts_per_step": 32}})
+
+
+def test_the_paper_profile_fits_one_80_gb_gpu_with_the_authors_checkpointing():
+    assert all(r["fits"] for r in architectures.preflight_profile("paper", H100).values())
+    with pytest.raises(MemoryError, match="gradient_checkpointing': False"):
+        architectures.preflight_profile("paper", H100, changes={"03_lora_sft": {"gradient_checkpointing": False}})
+
+
+def test_the_runner_checks_a_profile_on_a_gpu_before_running_anything():
+    from nlu_helpers import runner
+
+    runner.check_memory("colab-t4", {}, hardware=T4)  # fits: nothing raised
+    small = {**T4, "memory_gib": 6.0}
+    with pytest.raises(MemoryError, match="colab-t4"):
+        runner.check_memory("colab-t4", {}, hardware=small)
+    runner.check_memory("colab-t4", {"model": "some/other-model"}, hardware=small)  # another model: its own notebook checks
+    runner.check_memory("smoke", {}, hardware=small)  # tiny-random: unknown architecture, not checked here
+    runner.check_memory("colab-t4", {}, hardware={"cuda": False})  # the CPU: no check
