@@ -22,21 +22,9 @@ import tempfile
 import time
 from collections import Counter
 
-import numpy as np
-
-from nlu_helpers import data, evaluation, models, sft
+from nlu_helpers import data, evaluation, models, report, sft
 from nlu_helpers.suite import suite_task_files
 from nlu_helpers.tasks import get_task
-
-
-def paired_gain(before: list, after: list, references: list, n_bootstrap: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Accuracy gain (points) of ``after`` over ``before`` on the same rows, with a 95% paired-bootstrap CI."""
-    right_before = np.array([p == r for p, r in zip(before, references)], dtype=float)
-    right_after = np.array([p == r for p, r in zip(after, references)], dtype=float)
-    diff = right_after - right_before
-    draws = np.random.default_rng(seed).integers(0, len(diff), size=(n_bootstrap, len(diff)))
-    means = diff[draws].mean(axis=1)
-    return 100 * diff.mean(), 100 * np.percentile(means, 2.5), 100 * np.percentile(means, 97.5)
 
 
 def zero_shot_only(args: argparse.Namespace) -> list[dict]:
@@ -81,7 +69,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in args.tasks.split(","):
         started = time.perf_counter()
         task = get_task(name)
-        rows = data.load_split(task, "validation").select(range(min(args.rows, data.load_split(task, "validation").num_rows)))
+        validation = data.load_split(task, "validation")
+        rows = validation.select(range(min(args.rows, validation.num_rows)))
         train = data.load_split(task, "train").shuffle(seed=0).select(range(args.steps * args.batch_size))
         references = list(rows["label"])
         majority = 100 * Counter(references).most_common(1)[0][1] / len(references)
@@ -93,7 +82,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 adapter = sft.train_sft(settings, model=args.model, train_rows=train, task=task, output_dir=folder, progress=False)
             tuned, _ = sft.load_trained(adapter, device="cpu")
             after = evaluation.evaluate(tuned, tokenizer, task, rows, mode="score", n_bootstrap=0, progress=False)
-        gain, low, high = paired_gain([r['prediction'] for r in zero.predictions], [r['prediction'] for r in after.predictions], references)
+        paired = report.paired_gain(task, [r["prediction"] for r in zero.predictions], [r["prediction"] for r in after.predictions],
+                                    references, metric="accuracy", n_resamples=2000)  # the notebooks' paired bootstrap
+        gain, low, high = (100 * paired[k] for k in ("gain", "low", "high"))
         line = {"task": task.name, "labels": len(task.answer_words), "rows": len(references), "majority": majority,
                 "zero_shot": 100 * zero.metrics["accuracy"], "sft": 100 * after.metrics["accuracy"],
                 "gain": gain, "gain_ci": [low, high], "minutes": (time.perf_counter() - started) / 60}

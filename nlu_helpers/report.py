@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from nlu_helpers import metrics as metrics_lib
 from nlu_helpers.results import RESULTS
-from nlu_helpers.tasks import get_task
+from nlu_helpers.tasks import Task, get_task
 
 STAGES = ("zero-shot", "few-shot", "sft", "ppo", "ppo-multi-task", "encoder")
 
@@ -144,43 +144,42 @@ def paired_gain(
             "metric": metric, "n": len(references)}
 
 
+def paired_records(run_dir: str | Path, records: Sequence[Mapping], stage_a: str, stage_b: str,
+                   keep: Callable[[Task], bool] = lambda task: True) -> Iterator[tuple[Task, Any, Mapping, list[dict], list[dict]]]:
+    """Every (task, split) that stages A and B both evaluated on the same rows, for tasks ``keep`` accepts:
+    ``(task, split, record of A, predictions of A, predictions of B)``. The one place that pairs two stages' rows
+    (gains, average gains and flips all compare row by row, so they must agree on which rows pair)."""
+    by_key = {(r["stage"], r["task"], r.get("split")): r for r in records}
+    for (stage, task_name, split), a in by_key.items():
+        b = by_key.get((stage_b, task_name, split))
+        if stage != stage_a or b is None or not keep(task := get_task(task_name)):
+            continue
+        pa, pb = load_predictions(run_dir, a), load_predictions(run_dir, b)
+        if [p["index"] for p in pa] == [p["index"] for p in pb]:
+            yield task, split, a, pa, pb
+
+
 def gains(run_dir: str | Path, records: Sequence[Mapping], pairs: Sequence[tuple[str, str]], **kwargs) -> list[dict]:
     """Paired gains (B - A) for each (stage A, stage B) pair on every task both evaluated on the same rows."""
-    by_key = {(r["stage"], r["task"], r.get("split")): r for r in records}
     out = []
     for stage_a, stage_b in pairs:
-        for (stage, task, split), a in by_key.items():
-            if stage != stage_a or (stage_b, task, split) not in by_key:
-                continue
-            b = by_key[(stage_b, task, split)]
-            the_task = get_task(task)
-            if the_task.kind == "record" or the_task.name == "axg":  # per-query / per-pair units: not resampled per row
-                continue
-            pa, pb = load_predictions(run_dir, a), load_predictions(run_dir, b)
-            if [p["index"] for p in pa] != [p["index"] for p in pb]:
-                continue
-            refs = [p["label"] for p in pa]
-            groups = [tuple(p["idx"][k] for k in the_task.group_by) for p in pa] if the_task.group_by else None
-            result = paired_gain(task, [p["prediction"] for p in pa], [p["prediction"] for p in pb], refs,
+        # ReCoRD and AX-g score per query / per pair: not resampled per row
+        for task, split, a, pa, pb in paired_records(run_dir, records, stage_a, stage_b,
+                                                     keep=lambda t: t.kind != "record" and t.name != "axg"):
+            groups = [tuple(p["idx"][k] for k in task.group_by) for p in pa] if task.group_by else None
+            result = paired_gain(task, [p["prediction"] for p in pa], [p["prediction"] for p in pb], [p["label"] for p in pa],
                                  groups=groups, **kwargs)
-            out.append({"comparison": f"{stage_b} - {stage_a}", "task": task, "split": split, **result})
+            out.append({"comparison": f"{stage_b} - {stage_a}", "task": a["task"], "split": split, **result})
     return out
 
 
 def _paired_rows(run_dir: str | Path, records: Sequence[Mapping], stage_a: str, stage_b: str) -> dict[str, tuple]:
     """Per task: (task, predictions of A, predictions of B, references) on the first split both scored on the same rows."""
-    by_key = {(r["stage"], r["task"], r.get("split")): r for r in records}
     found: dict[str, tuple] = {}
-    for (stage, task_name, split), a in by_key.items():
-        b = by_key.get((stage_b, task_name, split))
-        if stage != stage_a or b is None or task_name in found:
-            continue
-        task = get_task(task_name)
-        if task.kind != "classification" or task.group_by:
-            continue
-        pa, pb = load_predictions(run_dir, a), load_predictions(run_dir, b)
-        if [p["index"] for p in pa] == [p["index"] for p in pb]:
-            found[task_name] = (task, [p["prediction"] for p in pa], [p["prediction"] for p in pb], [p["label"] for p in pa])
+    for task, _, a, pa, pb in paired_records(run_dir, records, stage_a, stage_b,
+                                             keep=lambda t: t.kind == "classification" and not t.group_by):
+        if a["task"] not in found:
+            found[a["task"]] = (task, [p["prediction"] for p in pa], [p["prediction"] for p in pb], [p["label"] for p in pa])
     return found
 
 
@@ -267,17 +266,8 @@ def flips(
     changed row as ``{change, index, idx, gold, before, after, before_text, after_text, input}``
     (``input`` is the instance text when ``with_inputs`` and the rows can be reloaded).
     """
-    by_key = {(r["stage"], r["task"], r.get("split")): r for r in records}
     out = []
-    for (stage, task_name, split), a in by_key.items():
-        if stage != before or (after, task_name, split) not in by_key:
-            continue
-        task = get_task(task_name)
-        if task.kind != "classification":
-            continue
-        pa, pb = load_predictions(run_dir, a), load_predictions(run_dir, by_key[(after, task_name, split)])
-        if [p["index"] for p in pa] != [p["index"] for p in pb]:
-            continue  # not the same rows: nothing to compare row by row
+    for task, split, a, pa, pb in paired_records(run_dir, records, before, after, keep=lambda t: t.kind == "classification"):
         inputs = _instances(task, a, pa) if with_inputs else None
         counts = {"fixed": 0, "broken": 0, "both_right": 0, "both_wrong": 0}
         changed = []
@@ -293,7 +283,7 @@ def flips(
                     "before_text": x.get("text"), "after_text": y.get("text"),
                     "input": inputs[i] if inputs is not None else None,
                 })
-        out.append({"task": task_name, "split": split, "before": before, "after": after, "n": len(pa), **counts,
+        out.append({"task": a["task"], "split": split, "before": before, "after": after, "n": len(pa), **counts,
                     "rows": changed})
     return out
 
