@@ -271,3 +271,13 @@ def test_lm_eval_compare_names_the_install_command_when_lm_eval_is_missing(monke
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval -> ModuleNotFoundError
     with pytest.raises(SystemExit, match=r"pip install 'lm-eval==0\.4\.13'"):
         lm_eval_compare.import_lm_eval()
+
+
+def test_ppo_recipe_runs_name_their_one_change_and_refuse_unknown_ones():
+    from benchmarks import ppo_recipe
+
+    assert ppo_recipe.RUNS["base"] == {} and all(len(changes) == 1 for name, changes in ppo_recipe.RUNS.items() if name != "base")
+    with pytest.raises(SystemExit, match="unknown \\['kl-9'\\]; allowed: base, lr-5e-5"):
+        ppo_recipe.main(["--runs", "base,kl-9"])
+    with pytest.raises(SystemExit, match="--sft-adapter"):
+        ppo_recipe.one_run("from-sft", "movie-snippets", None, 0)
