@@ -129,7 +129,8 @@ def test_sft_parameters_from_defaults_file_profile_and_command_line(tmp_path):
     # a workbook profile: its parameters and notebook 03's, without the notebook-only ones
     values = parse("sft", ["--config", "colab-t4", "--max-steps", "5"])
     assert values["model"] == "Qwen/Qwen2.5-0.5B-Instruct" and values["train_limit"] == 4000
-    assert sft_settings(values) == sft.CPU_DEMO.replace(max_steps=5, batch_size=16, learning_rate=2e-4, load_in_4bit=True)
+    assert sft_settings(values) == sft.CPU_DEMO.replace(max_steps=5, batch_size=8, gradient_accumulation_steps=2, max_length=512,
+                                                        learning_rate=2e-4, load_in_4bit=True)  # sized for a 15 GB T4
     assert "eval_batch_size" not in values and "n_bootstrap" not in values
 
 
