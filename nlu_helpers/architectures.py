@@ -295,11 +295,12 @@ def preflight_profile(profile: str, hardware: Mapping, *, headroom: float = 0.9,
     from nlu_helpers import ppo, runner
     from nlu_helpers.stages import notebook_settings
 
-    model = str(runner.load_profile(profile)["parameters"].get("model", ""))
+    content = runner.load_profile(profile)
+    model = str(content["parameters"].get("model", ""))
     architecture(model)  # KeyError for an architecture this module does not know
     dtype = ("bf16" if hardware.get("bf16") else "fp16") if hardware.get("cuda") else "fp32"
     sft = vars(notebook_settings(profile, "03_lora_sft")) | dict((changes or {}).get("03_lora_sft", {}))
-    preset = (runner.load_profile(profile)["notebooks"].get("04_ppo") or {}).get("preset", "paper")
+    preset = (content["notebooks"].get("04_ppo") or {}).get("preset", "paper")
     config = ppo.preset(preset, **dict((changes or {}).get("04_ppo", {})))  # PPOConfig fields
     length, targets = int(sft["max_length"]), sft["lora_target_modules"] or ("q_proj", "v_proj")
     estimates = {

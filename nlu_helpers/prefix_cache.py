@@ -102,7 +102,9 @@ def static_cache(model: torch.nn.Module, filled: Any, rows: int, length: int, *,
 
     last = _STATIC_CACHES.get(model)
     size = max(-(-length // bucket) * bucket, last.get_max_length() if last is not None else 0)
-    if last is not None and last.is_initialized and last.get_max_length() == size and last.batch_size == rows:
+    device = next(model.parameters()).device
+    if (last is not None and last.is_initialized and last.get_max_length() == size and last.batch_size == rows
+            and last.layers[0].keys.device == device):  # a model moved to another device gets a new cache
         last.reset()
         cache = last
     else:
