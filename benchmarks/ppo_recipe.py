@@ -11,7 +11,8 @@ and KL over the last five steps, and the time taken. A script that prints figure
 
 Runs (``--runs``, comma-separated): ``base`` (the cpu-suite recipe: CPU_DEMO, 20 steps from the base
 model), ``lr-5e-5`` (a quarter of its learning rate), ``kl-0.2`` (four times its KL coefficient),
-``steps-40`` (twice the steps), ``answers-16-24`` (longer answer caps), ``from-sft`` (PPO from the
+``steps-40`` (twice the steps), ``answers-16-24`` (longer answer caps), ``temperature-1.0`` (sampling at 1.0,
+not 0.7: more exploration), ``from-sft`` (PPO from the
 SFT adapter given by ``--sft-adapter``, e.g. the cpu-suite run's multi-task adapter).
 """
 
@@ -30,6 +31,7 @@ RUNS: dict[str, dict[str, Any]] = {  # run name -> changes to (PPOConfig fields 
     "kl-0.2": {"kl_coef": 0.2},
     "steps-40": {"steps": 40},
     "answers-16-24": {"max_new_tokens": (16, 24)},
+    "temperature-1.0": {"temperature": 1.0},
     "from-sft": {"from_sft": True},
 }
 STEPS, TRAIN_LIMIT, EVAL_LIMIT = 20, 800, 200  # the cpu-suite profile's notebook 04 and eval_limit
