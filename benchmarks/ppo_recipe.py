@@ -39,7 +39,7 @@ STEPS, TRAIN_LIMIT, EVAL_LIMIT = 20, 800, 200  # the cpu-suite profile's noteboo
 
 def one_run(name: str, task: str, sft_adapter: str | None, seed: int) -> dict[str, Any]:
     """Train PPO with one knob changed, evaluate on the validation rows in generation mode."""
-    from nlu_helpers import data, evaluation, metrics, models, ppo
+    from nlu_helpers import data, evaluation, metrics, ppo
     from nlu_helpers.tasks import get_task
 
     changes = dict(RUNS[name])
@@ -55,7 +55,7 @@ def one_run(name: str, task: str, sft_adapter: str | None, seed: int) -> dict[st
     trainer = ppo.train_ppo("embedded", the_task, train_rows, config, steps=steps,
                             sft_adapter=sft_adapter if from_sft else None, progress=False)
     trained = time.perf_counter() - started
-    result = evaluation.evaluate(trainer.policy, models.load_tokenizer("embedded"), the_task, eval_rows, mode="generate",
+    result = evaluation.evaluate(trainer.policy, trainer.tokenizer, the_task, eval_rows, mode="generate",
                                  split=split, progress=False)
     last = trainer.history[-5:]
     shares = collections.Counter(p["prediction"] for p in result.predictions)

@@ -7,7 +7,7 @@ model, LoRA rank, batch and sequence length fit the GPU they found.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Mapping
 
 GIB = 2**30
@@ -312,9 +312,9 @@ def preflight_profile(profile: str, hardware: Mapping, *, headroom: float = 0.9,
     }
     rollout = estimate_memory(model, batch_size=config.prompts_per_step, seq_len=length, dtype=dtype, load_in_4bit=config.load_in_4bit,
                               lora_r=config.lora_r, generation_tokens=config.max_new_tokens[1])
-    if rollout.weights + rollout.lora_and_optimizer + rollout.kv_cache > estimates["04_ppo"].total:  # no activations kept then
-        estimates["04_ppo"] = MemoryEstimate(rollout.weights, rollout.lora_and_optimizer, 0.0, 0.0, rollout.kv_cache,
-                                             rollout.weights + rollout.lora_and_optimizer + rollout.kv_cache)
+    held = rollout.weights + rollout.lora_and_optimizer + rollout.kv_cache  # generation keeps no activations or logits
+    if held > estimates["04_ppo"].total:
+        estimates["04_ppo"] = replace(rollout, activations=0.0, logits=0.0, total=held)
     report = {}
     for notebook, estimate in estimates.items():
         try:
