@@ -5,7 +5,7 @@ setup:
 	@bash scripts/setup-env.sh
 
 workbook: setup
-	.venv/bin/python -m nlu_helpers run --profile $(or $(PROFILE),cpu-demo)
+	.venv/bin/python -m nlu_helpers run --profile $(or $(PROFILE),cpu-demo) --readme README.md
 
 test: setup
 	@bash scripts/ensure-chromium.sh

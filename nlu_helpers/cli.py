@@ -403,6 +403,9 @@ def _run(argv: Sequence[str]) -> int:
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
     parser.add_argument("--force", action="store_true",
                         help="go on with a changed profile or parameters: from the first notebook they change, run again")
+    parser.add_argument("--readme", default=None, metavar="FILE",
+                        help="afterwards, put the paper-shaped table in FILE's block for the profile "
+                             "(<!-- run-table: PROFILE --> ... <!-- /run-table -->), if it has one")
     return runner.main(parser.parse_args(argv))
 
 

@@ -421,6 +421,51 @@ def write_report(run_dir: Path) -> Path:
     return path
 
 
+README_BLOCK = "<!-- run-table: {profile} -->", "<!-- /run-table -->"  # where a profile's table sits in a README
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+def readme_table(run_dir: Path) -> str:
+    """Notebook 06's paper-shaped table with its average gains, and a line of what the run took
+    (notebook time in all and per notebook number): the block ``--readme`` puts in a README."""
+    from nlu_helpers.report import table_markdown
+    from nlu_helpers.results import load_results
+
+    summary = [r for r in load_results(run_dir) if r.get("stage") == "results-table" and r.get("table")]
+    if not summary:
+        raise ValueError(f"{run_dir} has no paper-shaped table: notebook 06 has not finished there")
+    status = _status(run_dir)
+    per_number: dict[str, float] = {}
+    for key, entry in status.get("notebooks", {}).items():
+        if entry.get("status") == "done":
+            number = key.split("_", 1)[0]
+            per_number[number] = per_number.get(number, 0.0) + float(entry.get("seconds", 0.0))
+    took = ", ".join(f"{number} {_minutes(seconds)}" for number, seconds in per_number.items())
+    return (table_markdown(summary[-1]["table"], summary[-1].get("average_gains") or ()) + "\n\n"
+            f"Filled by the run `{run_dir.name}` (profile {status.get('profile')}, finished "
+            f"{status.get('finished', '(not finished)')}): {sum(per_number.values()) / 60:.1f} minutes of notebook "
+            f"time ({took}).")
+
+
+def fill_readme(run_dir: Path, readme: Path) -> bool:
+    """Replace the README's block for the run's profile (between ``<!-- run-table: PROFILE -->`` and
+    ``<!-- /run-table -->``) with the run's table; False, and the README untouched, when it has none."""
+    from nlu_helpers.results import write_atomic
+
+    begin, end = README_BLOCK[0].format(profile=_status(run_dir).get("profile")), README_BLOCK[1]
+    text = readme.read_text(encoding="utf-8")
+    if begin not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    if end not in rest:
+        raise ValueError(f"{readme}: {begin} has no {end} after it")
+    write_atomic(readme, head + begin + "\n" + readme_table(run_dir) + "\n" + end + rest.split(end, 1)[1])
+    return True
+
+
 def main(args) -> int:
     """The ``run`` command (arguments parsed in ``nlu_helpers.cli``): 0 done, 1 a notebook failed,
     2 bad settings (an unknown parameter, a folder made with other settings and no ``--force``)."""
@@ -440,4 +485,13 @@ def main(args) -> int:
     ran, done = len(status.get("ran", [])), sum(e["status"] == "done" for e in status["notebooks"].values())
     what = f"ran {ran} notebook(s), {done - ran} already done here" if ran else "nothing to run: every notebook was already done here with these settings"
     print(f"run: done ({what}); report at {run_dir / 'report.md'}")
+    readme = getattr(args, "readme", None)
+    if readme:
+        try:
+            filled = fill_readme(run_dir, Path(readme))
+        except ValueError as error:
+            print(f"run: {error}", file=sys.stderr)
+            return 2
+        print(f"run: {readme}'s table for profile {status.get('profile')} filled from this run (git diff shows what changed)"
+              if filled else f"run: {readme} has no table for profile {status.get('profile')}; left as it was")
     return 0

@@ -130,3 +130,35 @@ def test_the_command_answers_in_one_line_with_exit_code_2_and_says_when_nothing_
     assert error.count("\n") == 1 and "-p model: (not set) -> 'embedded'" in error and "--force" in error
     assert command("model=embedded", force=True) == 0 and "ran 1 notebook" in capsys.readouterr().out
     assert command("modle=x") == 2 and "did you mean 'model'" in capsys.readouterr().err
+
+
+def test_readme_gets_the_runs_table_between_its_markers_and_a_readme_without_them_is_left_alone(tmp_path, monkeypatch, capsys):
+    """``run --readme`` (what ``make workbook`` passes) rewrites only the block for the run's profile, from
+    notebook 06's results file; the text around it stays byte for byte."""
+    log = tmp_path / "ran.log"
+    folder = _notebooks(tmp_path / "notebooks", log, {"01": "model = 'none'"})
+    table = {"stage": "results-table", "table": {"zero-shot": {"a": 50.0, "average": 50.0}, "ppo": {"a": 61.5, "average": 61.5}},
+             "average_gains": [{"comparison": "ppo - zero-shot", "gain": 11.5, "low": 2.0, "high": 20.0, "tasks": 1, "rows": 9}]}
+    nb = json.loads((folder / "01_step.ipynb").read_text())
+    nb["cells"][1]["source"] += ("\nimport json, os\nos.makedirs('results', exist_ok=True)\n"
+                                 f"json.dump({table!r}, open('results/06-results-table.json', 'w'))")
+    (folder / "01_step.ipynb").write_text(json.dumps(nb))
+    monkeypatch.setattr(runner, "NOTEBOOKS", folder)
+    around = "# Title\n\nintro\n\n", "\n\nafter the table\n"
+    readme = tmp_path / "README.md"
+    readme.write_text(around[0] + "<!-- run-table: smoke -->\nold numbers\n<!-- /run-table -->" + around[1])
+    other = tmp_path / "OTHER.md"
+    other.write_text("<!-- run-table: cpu-suite -->\nkept\n<!-- /run-table -->\n")
+
+    def command(readme_path: Path) -> int:
+        args = argparse.Namespace(profile="smoke", output=str(tmp_path / "run"), resume=None, only=None, skip=None,
+                                  param=[], force=False, readme=str(readme_path))
+        return runner.main(args)
+
+    assert command(readme) == 0 and "table for profile smoke filled" in capsys.readouterr().out
+    text = readme.read_text()
+    assert text.startswith(around[0] + "<!-- run-table: smoke -->\n| stage | a | average |") and text.endswith("<!-- /run-table -->" + around[1])
+    assert "old numbers" not in text and "| ppo | 61.5 | **61.5** |" in text and "| ppo - zero-shot | +11.5 | [+2.0, +20.0] | 1 | 9 |" in text
+    assert "Filled by the run `run` (profile smoke" in text and "minutes of notebook time (01 " in text
+    assert command(other) == 0 and "has no table for profile smoke" in capsys.readouterr().out
+    assert other.read_text() == "<!-- run-table: cpu-suite -->\nkept\n<!-- /run-table -->\n"
