@@ -226,3 +226,61 @@ def test_a_user_task_runs_through_both_evaluation_modes(sure_task, not_sure_mode
         assert scored.predictions[0]["scores"][j] == pytest.approx(expected, abs=1e-3)
     assert [p["prediction"] for p in scored.predictions] == [1, 1, 1]
     assert scored.label_share["Not sure"]["predicted"] == 1.0
+
+
+# -- a user's task file through the runner's notebooks 02-05 and the sft / ppo / eval commands --------
+
+def write_review_task(folder: Path, name: str) -> Path:
+    """A task file as a user writes it: string labels whose words nest ("Sure" inside "Not sure"), train
+    as CSV, validation as JSONL, enough rows for 5-shot prompts and a few training steps."""
+    (folder / "data").mkdir(parents=True)
+    sure = ["The parcel arrives on Monday.", "This is the right key.", "We won the match.", "The shop opens at nine."]
+    unsure = ["The parcel may arrive Monday, or not.", "This could be the key, I think.", "Perhaps we won?",
+              "The shop might open at nine."]
+    rows = [(f"{text} ({i})", label) for i in range(6) for texts, label in ((sure, "certain"), (unsure, "unsure"))
+            for text in texts]
+    lines = ["statement,verdict"] + [f'"{text}",{label}' for text, label in rows[:32]]
+    (folder / "data" / "train.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "data" / "dev.jsonl").write_text(
+        "".join(json.dumps({"statement": t, "verdict": v}) + "\n" for t, v in rows[32:]), encoding="utf-8")
+    path = folder / "task.yaml"
+    path.write_text(SURE_YAML.format(name=name).replace("  yes: Sure ", "  certain: Sure "), encoding="utf-8")
+    return path
+
+
+def test_a_user_task_file_runs_through_notebooks_02_to_05_by_the_runner(tmp_path):
+    from nlu_helpers import runner
+    from nlu_helpers.results import load_results
+
+    path = write_review_task(tmp_path / "mine", "tf-runner")
+    run_dir = runner.run("smoke", run_dir=tmp_path / "run", only=["02", "03", "04", "05"],
+                         overrides={"task": str(path)}, progress=False)
+    status = json.loads((run_dir / "run.json").read_text())
+    assert [key.split(":")[0] for key in status["notebooks"]] == ["02_zero_few_shot", "03_lora_sft", "04_ppo", "05_encoder_baseline"]
+    assert all(entry["status"] == "done" for entry in status["notebooks"].values()), status
+    assert {p.name for p in (run_dir / "adapters").iterdir()} >= {"sft-tf-runner", "ppo-tf-runner"}
+    records = [r for r in load_results(run_dir) if "metrics" in r]
+    assert {r["task"] for r in records} == {"tf-runner"}
+    assert {"zero-shot", "few-shot", "sft", "ppo", "encoder"} <= {r["stage"] for r in records}
+    assert all(0.0 <= r["metrics"]["accuracy"] <= 1.0 and "f1" in r["metrics"] for r in records)
+
+
+def test_a_user_task_file_goes_to_the_sft_ppo_and_eval_commands(tmp_path, capsys):
+    from nlu_helpers import cli
+
+    path = str(write_review_task(tmp_path / "mine", "tf-commands"))
+    common = ["--model", "tiny-random", "--device", "cpu", "--task", path, "--output-dir", str(tmp_path / "out")]
+    assert cli.main(["sft", *common, "--train-limit", "8", "--max-steps", "2", "--batch-size", "4"]) == 0
+    assert (tmp_path / "out" / "adapters" / "sft-tf-commands" / "adapter_model.safetensors").is_file()
+    assert cli.main(["ppo", *common, "--preset", "smoke", "--train-limit", "8", "--ppo-steps", "1"]) == 0
+    assert "task 'tf-commands'" in capsys.readouterr().out
+    assert (tmp_path / "out" / "adapters" / "ppo-tf-commands" / "adapter_model.safetensors").is_file()
+    for mode in ("generate", "score"):
+        assert cli.main(["eval", *common, "--mode", mode, "--eval-limit", "6", "--n-bootstrap", "20",
+                         "--adapter", str(tmp_path / "out" / "adapters" / "ppo-tf-commands")]) == 0
+        printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        record = json.loads(Path(printed["result"]).read_text())
+        assert (record["task"], record["mode"], record["n"], record["stage"]) == ("tf-commands", mode, 6, "ppo")
+        rows = Path(printed["result"]).with_name(Path(printed["result"]).stem + ".predictions.jsonl").read_text().splitlines()
+        verdicts = [json.loads(line)["verdict"] for line in (tmp_path / "mine" / "data" / "dev.jsonl").read_text().splitlines()]
+        assert all(row["label"] == ["certain", "unsure"].index(verdicts[row["idx"]]) for row in map(json.loads, rows))
