@@ -384,6 +384,14 @@ def run(
     return run_dir
 
 
+def _paper_table(run_dir: Path) -> dict | None:
+    """Notebook 06's summary record (its paper-shaped table and average gains), None before 06 ran."""
+    from nlu_helpers.results import load_results
+
+    summary = [r for r in load_results(run_dir) if r.get("stage") == "results-table" and r.get("table")]
+    return summary[-1] if summary else None
+
+
 def write_report(run_dir: Path) -> Path:
     """A short Markdown report: what ran, how long, and every evaluation's main number."""
     from nlu_helpers.metrics import main_score
@@ -407,12 +415,12 @@ def write_report(run_dir: Path) -> Path:
             mode = r.get("mode", "") + (" + calibration" if r.get("calibrated") else "")
             lines.append(f"| {r.get('stage', '')} | {r['task']} | {r.get('split', '')} | {mode} | {r.get('k', '')} | "
                          f"{metric} | {value} | {r.get('unparseable', '')} | {r.get('n', '')} |")
-    summary = [r for r in load_results(run_dir) if r.get("stage") == "results-table" and r.get("table")]
+    summary = _paper_table(run_dir)
     if summary:  # notebook 06 ran: its paper-shaped table (generation mode) and the gains on the average
         from nlu_helpers.report import table_markdown
 
-        lines += ["", f"## The paper's table ({summary[-1].get('mode', 'generate')} mode)", "",
-                  table_markdown(summary[-1]["table"], summary[-1].get("average_gains") or ())]
+        lines += ["", f"## The paper's table ({summary.get('mode', 'generate')} mode)", "",
+                  table_markdown(summary["table"], summary.get("average_gains") or ())]
     figures = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").exists() else []
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f.stem}](figures/{f.name})" for f in figures]
@@ -432,10 +440,9 @@ def readme_table(run_dir: Path) -> str:
     """Notebook 06's paper-shaped table with its average gains, and a line of what the run took
     (notebook time in all and per notebook number): the block ``--readme`` puts in a README."""
     from nlu_helpers.report import table_markdown
-    from nlu_helpers.results import load_results
 
-    summary = [r for r in load_results(run_dir) if r.get("stage") == "results-table" and r.get("table")]
-    if not summary:
+    summary = _paper_table(run_dir)
+    if summary is None:
         raise ValueError(f"{run_dir} has no paper-shaped table: notebook 06 has not finished there")
     status = _status(run_dir)
     per_number: dict[str, float] = {}
@@ -444,7 +451,7 @@ def readme_table(run_dir: Path) -> str:
             number = key.split("_", 1)[0]
             per_number[number] = per_number.get(number, 0.0) + float(entry.get("seconds", 0.0))
     took = ", ".join(f"{number} {_minutes(seconds)}" for number, seconds in per_number.items())
-    return (table_markdown(summary[-1]["table"], summary[-1].get("average_gains") or ()) + "\n\n"
+    return (table_markdown(summary["table"], summary.get("average_gains") or ()) + "\n\n"
             f"Filled by the run `{run_dir.name}` (profile {status.get('profile')}, finished "
             f"{status.get('finished', '(not finished)')}): {sum(per_number.values()) / 60:.1f} minutes of notebook "
             f"time ({took}).")
