@@ -15,6 +15,7 @@ from examples import teach
 from nlu_helpers import data, evaluation
 from nlu_helpers.models import TINY_MODEL, load_model, load_tokenizer
 from nlu_helpers.parsing import parse_answer
+from nlu_helpers.report import load_predictions
 from nlu_helpers.rewards import reward
 from nlu_helpers.tasks import TASK_FILES_ENV, TASKS, TaskFileError, check_task_file, get_task
 
@@ -43,15 +44,17 @@ def _own_task_files_env(monkeypatch):
     monkeypatch.delenv(TASK_FILES_ENV, raising=False)
 
 
-def write_sure_task(folder: Path, name: str) -> Path:
-    """A task file with string labels whose words contain each other, data in a sub-folder."""
+def write_sure_task(folder: Path, name: str, rows: dict[str, list[tuple[str, str]]] = SURE_ROWS,
+                    sure_value: str = "yes") -> Path:
+    """A task file with string labels whose words contain each other, data in a sub-folder: train as
+    CSV, validation as JSONL; ``sure_value`` is the file's value for "Sure" (the other is "unsure")."""
     (folder / "data").mkdir(parents=True)
-    lines = ["statement,verdict"] + [f'"{text}",{label}' for text, label in SURE_ROWS["train"]]
+    lines = ["statement,verdict"] + [f'"{text}",{label}' for text, label in rows["train"]]
     (folder / "data" / "train.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (folder / "data" / "dev.jsonl").write_text(
-        "".join(json.dumps({"statement": t, "verdict": v}) + "\n" for t, v in SURE_ROWS["validation"]), encoding="utf-8")
+        "".join(json.dumps({"statement": t, "verdict": v}) + "\n" for t, v in rows["validation"]), encoding="utf-8")
     path = folder / "task.yaml"
-    path.write_text(SURE_YAML.format(name=name), encoding="utf-8")
+    path.write_text(SURE_YAML.format(name=name).replace("  yes: Sure ", f"  {sure_value}: Sure "), encoding="utf-8")
     return path
 
 
@@ -231,21 +234,13 @@ def test_a_user_task_runs_through_both_evaluation_modes(sure_task, not_sure_mode
 # -- a user's task file through the runner's notebooks 02-05 and the sft / ppo / eval commands --------
 
 def write_review_task(folder: Path, name: str) -> Path:
-    """A task file as a user writes it: string labels whose words nest ("Sure" inside "Not sure"), train
-    as CSV, validation as JSONL, enough rows for 5-shot prompts and a few training steps."""
-    (folder / "data").mkdir(parents=True)
+    """The same kind of task file with enough rows for 5-shot prompts and a few training steps."""
     sure = ["The parcel arrives on Monday.", "This is the right key.", "We won the match.", "The shop opens at nine."]
     unsure = ["The parcel may arrive Monday, or not.", "This could be the key, I think.", "Perhaps we won?",
               "The shop might open at nine."]
     rows = [(f"{text} ({i})", label) for i in range(6) for texts, label in ((sure, "certain"), (unsure, "unsure"))
             for text in texts]
-    lines = ["statement,verdict"] + [f'"{text}",{label}' for text, label in rows[:32]]
-    (folder / "data" / "train.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (folder / "data" / "dev.jsonl").write_text(
-        "".join(json.dumps({"statement": t, "verdict": v}) + "\n" for t, v in rows[32:]), encoding="utf-8")
-    path = folder / "task.yaml"
-    path.write_text(SURE_YAML.format(name=name).replace("  yes: Sure ", "  certain: Sure "), encoding="utf-8")
-    return path
+    return write_sure_task(folder, name, {"train": rows[:32], "validation": rows[32:]}, sure_value="certain")
 
 
 def test_a_user_task_file_runs_through_notebooks_02_to_05_by_the_runner(tmp_path):
@@ -275,12 +270,12 @@ def test_a_user_task_file_goes_to_the_sft_ppo_and_eval_commands(tmp_path, capsys
     assert cli.main(["ppo", *common, "--preset", "smoke", "--train-limit", "8", "--ppo-steps", "1"]) == 0
     assert "task 'tf-commands'" in capsys.readouterr().out
     assert (tmp_path / "out" / "adapters" / "ppo-tf-commands" / "adapter_model.safetensors").is_file()
+    verdicts = [json.loads(line)["verdict"] for line in (tmp_path / "mine" / "data" / "dev.jsonl").read_text().splitlines()]
     for mode in ("generate", "score"):
         assert cli.main(["eval", *common, "--mode", mode, "--eval-limit", "6", "--n-bootstrap", "20",
                          "--adapter", str(tmp_path / "out" / "adapters" / "ppo-tf-commands")]) == 0
         printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         record = json.loads(Path(printed["result"]).read_text())
         assert (record["task"], record["mode"], record["n"], record["stage"]) == ("tf-commands", mode, 6, "ppo")
-        rows = Path(printed["result"]).with_name(Path(printed["result"]).stem + ".predictions.jsonl").read_text().splitlines()
-        verdicts = [json.loads(line)["verdict"] for line in (tmp_path / "mine" / "data" / "dev.jsonl").read_text().splitlines()]
-        assert all(row["label"] == ["certain", "unsure"].index(verdicts[row["idx"]]) for row in map(json.loads, rows))
+        rows = load_predictions(tmp_path / "out", record)
+        assert len(rows) == 6 and all(row["label"] == ["certain", "unsure"].index(verdicts[row["idx"]]) for row in rows)
